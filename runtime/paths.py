@@ -1,0 +1,108 @@
+"""Where hydrahead keeps user data, user-id validation, and safe file writes.
+
+The data root is, in order of precedence: an explicit argument, the ``HYDRAHEAD_HOME``
+environment variable, or platformdirs' per-user data directory. Each user gets one directory
+below ``<root>/users/``; everything hydrahead writes there is owner-only (0700 / 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import platformdirs
+
+from .errors import InvalidUserIdError
+
+ENV_HOME = "HYDRAHEAD_HOME"
+MAX_USER_ID_LENGTH = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def data_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Return the data root: ``root`` if given, else ``$HYDRAHEAD_HOME``, else the platform's."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("hydrahead", appauthor=False))
+
+
+def validate_user_id(user_id: object) -> str:
+    """Check that ``user_id`` can name a directory safely and return it.
+
+    Raises:
+        InvalidUserIdError: if it is not a non-empty string of at most 128 characters without
+            path separators, control characters, or a leading dot (which also rules out "..").
+    """
+    if not isinstance(user_id, str):
+        raise InvalidUserIdError(f"user id must be a string, got {type(user_id).__name__}")
+    if not user_id or not user_id.strip():
+        raise InvalidUserIdError("user id must not be empty")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidUserIdError(
+            f"user id is {len(user_id)} characters long; the limit is {MAX_USER_ID_LENGTH}"
+        )
+    if "/" in user_id or "\\" in user_id or os.sep in user_id:
+        raise InvalidUserIdError(f"user id {user_id!r} must not contain path separators")
+    if _CONTROL.search(user_id):
+        raise InvalidUserIdError("user id must not contain control characters")
+    if user_id.startswith(".") or user_id != user_id.strip():
+        raise InvalidUserIdError(
+            f"user id {user_id!r} must not start with '.' or have surrounding spaces"
+        )
+    return user_id
+
+
+def make_private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) if needed and make it owner-only (0700)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(p, 0o700)
+    return p
+
+
+def user_dir(user_id: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """Return (and create, owner-only) the directory of ``user_id`` under the data root."""
+    uid = validate_user_id(user_id)
+    make_private_dir(data_root(root) / "users")
+    return make_private_dir(data_root(root) / "users" / uid)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, rename.
+
+    A reader sees either the old file or the new one, never a partial write.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,3 @@
+"""hydrahead.train: server-side training of the shared bases (torch, transformers)."""
+
+from __future__ import annotations
