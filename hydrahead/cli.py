@@ -1,0 +1,356 @@
+"""The ``hydrahead`` command line: a thin shell over the library.
+
+Device commands (user, fit, ask, outbox, forget, llm, demo) import only ``hydrahead.runtime``;
+``export`` imports the server-side ``hydrahead.export`` lazily, when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hydrahead import __version__
+
+ENV_BUNDLE = "HYDRAHEAD_BUNDLE"
+SIMULATOR_NOTE = "[offline simulator: answers come from hydrahead's simulated LLM, not a real model]"
+
+
+class Context:
+    """Options shared by every command."""
+
+    def __init__(self, home: str | None, bundle: str | None) -> None:
+        from hydrahead.runtime.paths import data_root
+
+        self.root = data_root(home)
+        self.bundle_dir = Path(bundle or os.environ.get(ENV_BUNDLE) or self.root / "bundle")
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hydrahead")
+@click.option("--home", envvar="HYDRAHEAD_HOME", type=click.Path(file_okay=False),
+              help="Data root (default: $HYDRAHEAD_HOME or the platform's user data dir).")
+@click.option("--bundle", envvar=ENV_BUNDLE, type=click.Path(file_okay=False),
+              help="Model bundle directory (default: <home>/bundle).")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress.")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, bundle: str | None, verbose: bool) -> None:
+    """hydrahead: personalize a black-box LLM on the device (HYDRA)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    ctx.obj = Context(home, bundle)
+
+
+# ---------------------------------------------------------------------------- export
+@cli.group()
+def export() -> None:
+    """Server side: build the device model bundle (needs hydrahead[export])."""
+
+
+@export.command("bundle")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
+def export_bundle(out: str, overwrite: bool) -> None:
+    """Export the int8 encoder and the shared bases into a bundle directory."""
+    from hydrahead.export.bundle import build_bundle
+    from hydrahead.runtime.errors import HydraheadError
+
+    logging.getLogger("hydrahead").setLevel(logging.INFO)
+    t0 = time.perf_counter()
+    try:
+        path = build_bundle(out, overwrite=overwrite)
+    except HydraheadError as exc:
+        _fail(exc)
+    click.echo(f"bundle written to {path} in {time.perf_counter() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------------------- helpers
+def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None):
+    """Open a user's Personalizer; the LLM comes from ``llm_url`` or the environment."""
+    from hydrahead.runtime.errors import HydraheadError
+    from hydrahead.runtime.llm.config import LLMConfig
+    from hydrahead.runtime.personalizer import Personalizer
+    from hydrahead.runtime.users import resolve_task
+
+    try:
+        config = LLMConfig.from_env(base_url=llm_url) if llm_url else None
+        return Personalizer.open(user, bundle=obj.bundle_dir, root=obj.root, llm=config,
+                                 task=resolve_task(user, task, obj.root))
+    except HydraheadError as exc:
+        _fail(exc)
+
+
+@contextmanager
+def _llm_endpoint(offline: bool) -> Iterator[str | None]:
+    """Start the offline simulator for the duration of a command when asked to."""
+    if not offline:
+        yield None
+        return
+    from hydrahead.runtime.llm.offline import OfflineLLMServer
+
+    with OfflineLLMServer() as server:
+        click.echo(f"{SIMULATOR_NOTE} at {server.url}", err=True)
+        yield server.url
+
+
+llm_options = [
+    click.option("--llm-url", envvar="HYDRAHEAD_LLM_BASE_URL",
+                 help="OpenAI-compatible base URL (default: $HYDRAHEAD_LLM_BASE_URL)."),
+    click.option("--offline", is_flag=True,
+                 help="Use hydrahead's offline LLM simulator (started for this command)."),
+]
+
+
+def with_llm(fn):
+    for opt in reversed(llm_options):
+        fn = opt(fn)
+    return fn
+
+
+# ---------------------------------------------------------------------------- user
+@cli.group()
+def user() -> None:
+    """Manage a user's history."""
+
+
+@user.command("import")
+@click.argument("user_id")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--task", required=True, help="Task name (e.g. LaMP-2, GIT_area) or a task JSON file.")
+@click.option("--lamp-user", help="For a LaMP questions file: whose profile to import "
+              "(default: USER_ID).")
+@pass_ctx
+def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str | None) -> None:
+    """Import history records from JSONL or a LaMP questions file."""
+    from hydrahead.runtime.errors import HydraheadError
+    from hydrahead.runtime.importing import import_file
+
+    try:
+        n = import_file(user_id, file, task=task, lamp_user=lamp_user, root=obj.root,
+                        bundle=obj.bundle_dir)
+    except HydraheadError as exc:
+        _fail(exc)
+    click.echo(f"imported {n} records for {user_id}")
+
+
+@user.command("list")
+@pass_ctx
+def user_list(obj: Context) -> None:
+    """List the users under the data root."""
+    from hydrahead.runtime.users import list_users
+
+    for name in list_users(obj.root):
+        click.echo(name)
+
+
+@user.command("search")
+@click.argument("user_id")
+@click.argument("query")
+@click.option("-k", default=5, show_default=True)
+@pass_ctx
+def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
+    """Search a user's history (nothing leaves the device)."""
+    from hydrahead.runtime.bundle import Bundle
+    from hydrahead.runtime.encoder import Encoder
+    from hydrahead.runtime.errors import HydraheadError
+    from hydrahead.runtime.store import HistoryStore
+
+    try:
+        with HistoryStore(user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root) as store:
+            for hit in store.search(query, k=k):
+                click.echo(f"{hit.score:.3f}  {hit.record.id}  {_short(hit.record.text)}")
+    except HydraheadError as exc:
+        _fail(exc)
+
+
+# ---------------------------------------------------------------------------- fit / ask
+@cli.command()
+@click.argument("user_id")
+@click.option("--task", help="Task (default: the one the history was imported with).")
+@click.option("--budget", default=200, show_default=True, help="Most LLM calls to spend.")
+@with_llm
+@pass_ctx
+def fit(obj: Context, user_id: str, task: str | None, budget: int, llm_url: str | None,
+        offline: bool) -> None:
+    """Fit the user's reranker and adapter heads (labels come from the LLM)."""
+    from hydrahead.runtime.errors import HydraheadError
+
+    with _llm_endpoint(offline) as url:
+        p = _open(obj, user_id, task, llm_url=url or llm_url)
+        try:
+            with p:
+                s = p.fit(budget=budget)
+        except HydraheadError as exc:
+            _fail(exc)
+    _print_fit(s)
+
+
+@cli.command()
+@click.argument("user_id")
+@click.argument("query")
+@click.option("--task", help="Task (default: the one the history was imported with).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@with_llm
+@pass_ctx
+def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
+        llm_url: str | None, offline: bool) -> None:
+    """Ask a question as this user; prints the answer and the prompt that left the device."""
+    from hydrahead.runtime.errors import HydraheadError
+
+    with _llm_endpoint(offline) as url:
+        p = _open(obj, user_id, task, llm_url=url or llm_url)
+        try:
+            with p:
+                a = p.ask(query)
+        except HydraheadError as exc:
+            _fail(exc)
+    if as_json:
+        click.echo(json.dumps(_answer_dict(a), indent=2))
+    else:
+        _print_answer(a)
+
+
+# ---------------------------------------------------------------------------- outbox / forget
+@cli.command()
+@click.argument("user_id")
+@click.option("--tail", "n", default=10, show_default=True, help="Show the last N requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+@pass_ctx
+def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
+    """Show what left the device: every request body sent to the LLM, as sent."""
+    from hydrahead.runtime.errors import HydraheadError
+    from hydrahead.runtime.llm.outbox import Outbox
+    from hydrahead.runtime.paths import user_dir
+
+    try:
+        path = user_dir(user_id, obj.root) / "outbox.jsonl"
+    except HydraheadError as exc:
+        _fail(exc)
+    records = Outbox(path).tail(n)
+    if not records:
+        click.echo(f"no requests recorded for {user_id} ({path})")
+    for rec in records:
+        if as_json:
+            click.echo(json.dumps(rec))
+        else:
+            click.echo(f"--- {rec.get('time')}  {rec.get('url')}  status={rec.get('status')}  "
+                       f"sent={rec.get('bytes_sent')} B  received={rec.get('bytes_received')} B")
+            click.echo(rec.get("request", ""))
+
+
+@cli.command()
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def forget(obj: Context, user_id: str, yes: bool) -> None:
+    """Delete everything stored for a user (history, index, heads, cache, ledger)."""
+    from hydrahead.runtime.errors import HydraheadError
+    from hydrahead.runtime.users import forget_user
+
+    if not yes:
+        click.confirm(f"Delete all data of {user_id}?", abort=True)
+    try:
+        forget_user(user_id, obj.root)
+    except HydraheadError as exc:
+        _fail(exc)
+    click.echo(f"forgot {user_id}")
+
+
+# ---------------------------------------------------------------------------- llm
+@cli.group()
+def llm() -> None:
+    """The LLM endpoint."""
+
+
+@llm.command("serve-offline")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--capture", type=click.Path(dir_okay=False), help="Append received requests here.")
+def serve_offline(host: str, port: int, capture: str | None) -> None:
+    """Serve the offline simulated LLM (OpenAI-compatible) until interrupted."""
+    from hydrahead.runtime.llm.offline import serve_forever
+
+    serve_forever(host, port, capture_path=capture)
+
+
+# ---------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--budget", default=120, show_default=True, help="LLM calls for fitting.")
+@pass_ctx
+def demo(obj: Context, budget: int) -> None:
+    """Build or load the bundle, import a sample history, fit, and ask a few queries."""
+    from hydrahead.demo import run_demo
+    from hydrahead.runtime.errors import HydraheadError
+
+    try:
+        run_demo(obj.root, obj.bundle_dir, budget=budget, echo=click.echo)
+    except HydraheadError as exc:
+        _fail(exc)
+
+
+# ---------------------------------------------------------------------------- printing
+def _short(text: str, n: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _print_fit(s: Any) -> None:
+    lab = s.labels
+    click.echo(f"labelled {lab.reranker.n_pairs} reranker pairs ({lab.reranker.n_positive} positive) "
+               f"and {lab.adapter.n_pairs} adapter pairs ({lab.adapter.n_positive} positive) "
+               f"from {lab.queries_used} history queries; {lab.llm_calls} LLM calls "
+               f"({lab.llm_calls_cached} from cache)")
+    for role, rep in s.reports.items():
+        state = "kept the shared base head (one class only)" if rep is None else (
+            f"fitted in {rep.seconds * 1e3:.0f} ms ({rep.epochs} epochs)")
+        click.echo(f"  {role}: {state}; head size {s.head_bytes[role]} bytes")
+    if lab.simulated:
+        click.echo(SIMULATOR_NOTE)
+
+
+def _print_answer(a: Any) -> None:
+    click.echo(f"answer: {a.answer!r}")
+    if a.simulated:
+        click.echo(SIMULATOR_NOTE)
+    click.echo(f"local latency: {a.local_ms:.1f} ms (LLM: {a.timings_ms['llm']:.1f} ms)")
+    click.echo("reranked history records sent:")
+    for it in a.items:
+        click.echo(f"  {it.rerank_score:.3f}  {it.record.id}  {_short(it.record.text, 70)}")
+    click.echo("candidates (adapter score):")
+    for c in a.candidates:
+        click.echo(f"  {c.score:.3f}  {_short(c.text, 70)}")
+    click.echo("prompt that left the device:\n" + a.prompt)
+
+
+def _answer_dict(a: Any) -> dict[str, Any]:
+    return {
+        "answer": a.answer, "text": a.text, "prompt": a.prompt, "simulated": a.simulated,
+        "candidates": [{"text": c.text, "answer": c.answer, "score": c.score} for c in a.candidates],
+        "items": [{"id": it.record.id, "retrieval_score": it.retrieval_score,
+                   "rerank_score": it.rerank_score} for it in a.items],
+        "timings_ms": a.timings_ms,
+    }
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="hydrahead")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Loading a user's history from files: JSONL records or a LaMP questions file.
+
+A LaMP questions file holds many users' questions, each with the author's profile; importing
+one user takes the union of that user's profiles (deduplicated by item id). Importing is
+idempotent: records whose id is already stored are replaced, not duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError
+from .records import Record
+from .store import HistoryStore
+from .tasks import Task, get_task
+from .tasks.lamp import LampQuestion, load_lamp_questions
+from .users import remember_task
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read one JSON object per line (blank lines skipped).
+
+    Raises:
+        InvalidInputError: naming the line that is not a JSON object.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise InvalidInputError(f"{path}:{lineno}: expected a JSON object per line")
+            rows.append(row)
+    return rows
+
+
+def lamp_profile(questions: Iterable[LampQuestion], user_id: str) -> list[dict[str, Any]]:
+    """The union of ``user_id``'s profiles in a LaMP questions list, in first-seen order."""
+    items: dict[str, dict[str, Any]] = {}
+    for q in questions:
+        if q.user_id == user_id:
+            for item in q.profile:
+                items.setdefault(str(item.get("id")), item)
+    if not items:
+        raise InvalidInputError(f"no questions of LaMP user {user_id!r} in this file")
+    return list(items.values())
+
+
+def import_records(store: HistoryStore, task: Task, rows: Iterable[dict[str, Any]]) -> int:
+    """Turn task-shaped rows (e.g. LaMP profile items) into records and upsert them."""
+    records: list[Record] = [task.record_from_profile(row) for row in rows]
+    store.add(records, upsert=True)
+    return len(records)
+
+
+def import_file(
+    user_id: str,
+    path: str | os.PathLike[str],
+    *,
+    task: str | Task,
+    lamp_user: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    bundle: str | os.PathLike[str] | None = None,
+    encoder: Any = None,
+) -> int:
+    """Import a JSONL file of records or a LaMP questions file into ``user_id``'s store.
+
+    Args:
+        user_id: The hydrahead user to import into.
+        path: ``*.jsonl`` (one record per line, task-shaped fields) or a LaMP
+            ``*_questions.json`` file.
+        task: Task name or spec path; remembered for later ``fit``/``ask``.
+        lamp_user: The LaMP ``user_id`` whose profile to import (default: ``user_id``).
+        root: Data root.
+        bundle: Bundle directory (needed unless ``encoder`` is given).
+        encoder: An already loaded encoder.
+
+    Returns:
+        Number of records imported.
+    """
+    task_obj = task if isinstance(task, Task) else get_task(task)
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        rows = read_jsonl(p)
+    else:
+        rows = lamp_profile(load_lamp_questions(p), lamp_user or user_id)
+    if encoder is None:
+        from .encoder import Encoder
+
+        encoder = Encoder(bundle)
+    with HistoryStore(user_id, encoder=encoder, root=root) as store:
+        n = import_records(store, task_obj, rows)
+    remember_task(user_id, task if isinstance(task, str) else task_obj.name, root)
+    return n

@@ -1,0 +1,149 @@
+"""A disk cache of LLM answers, so a repeated deterministic request costs nothing.
+
+One SQLite file (owner-only, 0600). The key is the sha256 of the canonical JSON of
+``[base_url, request_body]`` -- the body as the client builds it (model, messages, n,
+temperature, max_tokens, seed), which never contains the API key. The value is the list of
+texts that came back, the model that answered, whether it was the offline simulator, and when
+it was stored.
+
+What gets cached is the client's decision (see :class:`~hydrahead.runtime.llm.client.LLMClient`):
+only requests whose answer is meant to be reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Mapping
+
+from ..errors import LLMError
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key       TEXT PRIMARY KEY,
+    texts     TEXT NOT NULL,
+    model     TEXT NOT NULL,
+    simulated INTEGER NOT NULL,
+    created   REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    """One cached answer.
+
+    Attributes:
+        texts: The completion texts, in the order they were returned.
+        model: The model name the server reported.
+        simulated: Whether the answer came from hydrahead's offline simulator.
+        created: Unix time when it was stored.
+    """
+
+    texts: list[str]
+    model: str
+    simulated: bool
+    created: float
+
+
+class ResponseCache:
+    """SQLite-backed cache of completion texts, safe to share between threads of one process.
+
+    Args:
+        path: The SQLite file; created owner-only (0600) with its parent directory if needed.
+
+    Raises:
+        LLMError: if the file is not a hydrahead response cache or was written by a newer
+            hydrahead.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Create the file ourselves so that it is owner-only from its first byte (SQLite gives
+        # its journal files the same mode as the database).
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(self.path, 0o600)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > FORMAT_VERSION:
+                raise LLMError(
+                    f"response cache {self.path} was written by a newer hydrahead (format "
+                    f"{version}, this one reads {FORMAT_VERSION}); upgrade or use another path"
+                )
+            with self._conn:
+                self._conn.execute(_SCHEMA)
+                self._conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise LLMError(
+                f"response cache {self.path} cannot be used ({exc}); delete the file or pass "
+                "another cache path"
+            ) from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @staticmethod
+    def key(base_url: str, body: Mapping[str, Any]) -> str:
+        """The cache key of a request: sha256 hex of canonical JSON of ``[base_url, body]``."""
+        canonical = json.dumps(
+            [base_url, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> CachedResponse | None:
+        """Return the cached answer for ``key``, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT texts, model, simulated, created FROM responses WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        return CachedResponse(json.loads(row[0]), row[1], bool(row[2]), row[3])
+
+    def put(self, key: str, texts: list[str], *, model: str, simulated: bool) -> None:
+        """Store (or replace) the answer for ``key``."""
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO responses (key, texts, model, simulated, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, json.dumps(list(texts), ensure_ascii=False), model, int(simulated),
+                 time.time()),
+            )
+
+    def clear(self) -> int:
+        """Delete every entry; return how many there were."""
+        with self._lock, self._conn:
+            return self._conn.execute("DELETE FROM responses").rowcount
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.path)!r})"

@@ -1,0 +1,513 @@
+"""The client for OpenAI-compatible Chat Completions servers.
+
+Works with OpenAI, vLLM, llama.cpp's server, Ollama and hydrahead's offline simulator: it POSTs
+``{"model", "messages", "n", "temperature", "max_tokens"[, "seed"]}`` to
+``{base_url}/chat/completions`` and reads ``choices[*].message.content``.
+
+What it does on top of a bare POST:
+
+* **Retries.** Connection errors, timeouts, HTTP 429 and 5xx, and 200 answers that are not a
+  usable completion (bad JSON, missing fields, no choices) are retried with exponential backoff
+  and jitter (tenacity), at most ``max_retries + 1`` attempts. A ``Retry-After`` header (seconds
+  or an HTTP date) replaces the backoff delay, capped at ``max_retry_after``. Other 4xx answers
+  (400, 401, 404, ...) and redirects are not retried. Failing for good raises
+  :class:`~hydrahead.runtime.errors.LLMError` (``LLMResponseError`` when the server answered but
+  not usefully) saying how many attempts were made, what the last one got, and the URL.
+* **n candidates.** Many servers return fewer choices than ``n`` (Ollama and llama.cpp ignore
+  it). The client then asks again for the remainder, at most ``max_extra_calls`` times, call
+  ``i`` with ``seed + i`` so that a deterministic server gives different samples (without a seed
+  the extra calls carry none and rely on sampling). It stops early when an extra call brings
+  nothing or fails, and returns what it has: never more than ``n`` texts, possibly fewer.
+  An empty choice list on the *first* call counts as a bad answer and is retried.
+* **Cache.** With a :class:`~hydrahead.runtime.llm.cache.ResponseCache`, a request is answered
+  from disk when it was seen before, and stored after it succeeds, *if* its answer is meant to be
+  reproducible: ``seed`` given or ``temperature == 0``. An unseeded sampling request is never
+  cached (the caller asked for fresh samples). A short answer is cached as it is when the
+  server ran dry or the extra-call bound was reached (that is reproducible), but not when an
+  extra call failed (a transient error must not become a permanent answer).
+* **Outbox.** With an :class:`~hydrahead.runtime.llm.outbox.Outbox`, every HTTP attempt is
+  recorded with the body bytes exactly as they went on the wire.
+* **The API key** is read from the environment at each request and only ever put in the
+  ``Authorization`` header. It is in no cache key, cache entry, outbox record, log line, error
+  message or repr; should a server echo it back, it is replaced by ``[REDACTED]`` before the
+  answer is recorded or quoted in an error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any, Mapping, Sequence
+
+import requests
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from ... import __version__
+from ..errors import InvalidInputError, LLMError, LLMResponseError
+from .cache import ResponseCache
+from .config import LLMConfig
+from .outbox import Outbox, now_utc
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_PREFIX = "hydrahead-offline-simulator"
+"""A response whose ``system_fingerprint`` or ``model`` starts with this came from the simulator."""
+
+PREVIEW_CHARS = 200
+"""How much of an answer body an error message quotes."""
+
+REDACTED = "[REDACTED]"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The answer to one :meth:`LLMClient.complete` call.
+
+    Attributes:
+        texts: The candidate texts, at most ``n`` (fewer if the server could not supply them).
+        cached: True when the answer came from the response cache (nothing was sent).
+        requests_sent: HTTP attempts made for this answer (retries and extra calls included;
+            0 when cached). Equals the number of records the call added to the outbox.
+        model: The model name the server reported (the configured one if it reported none).
+        simulated: True when the answer came from hydrahead's offline simulator.
+    """
+
+    texts: list[str]
+    cached: bool
+    requests_sent: int
+    model: str
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The useful part of one successful HTTP answer."""
+
+    texts: list[str]
+    model: str | None
+    simulated: bool
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way that is worth another try."""
+
+    def __init__(self, description: str, *, retry_after: float | None = None,
+                 bad_response: bool = False) -> None:
+        super().__init__(description)
+        self.description = description
+        self.retry_after = retry_after
+        self.bad_response = bad_response  # the server answered, but not usefully
+
+
+class _Malformed(ValueError):
+    """A 2xx body that is not a chat completion."""
+
+
+class _Tally:
+    """Counts HTTP attempts across the retries and extra calls of one ``complete``."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+
+class LLMClient:
+    """Talks to one OpenAI-compatible endpoint; see the module docstring for the policies.
+
+    Args:
+        config: Endpoint, model, timeouts and retry policy.
+        cache: Response cache, or None to always ask the server.
+        outbox: Ledger that records every attempt, or None to record nothing.
+
+    The client keeps one ``requests.Session`` (connection reuse); close it with :meth:`close`
+    or use the client as a context manager. Use one client per thread.
+    """
+
+    def __init__(self, config: LLMConfig, *, cache: ResponseCache | None = None,
+                 outbox: Outbox | None = None) -> None:
+        if not isinstance(config, LLMConfig):
+            raise InvalidInputError(f"config must be an LLMConfig, got {type(config).__name__}")
+        self.config = config
+        self.cache = cache
+        self.outbox = outbox
+        self._session = requests.Session()
+        self._session.headers.update(
+            {"User-Agent": f"hydrahead/{__version__}", "Accept": "application/json"}
+        )
+        # base * 2**(attempt - 1), plus up to ``base`` of jitter; capped in _wait.
+        self._backoff = (wait_exponential(multiplier=config.backoff_base, max=config.backoff_max)
+                         + wait_random(0, config.backoff_base))
+
+    # -- public API ------------------------------------------------------------------------
+
+    def complete(self, prompt: str | Sequence[Mapping[str, Any]], *, n: int = 1,
+                 temperature: float = 1.0, max_tokens: int = 64, seed: int | None = None
+                 ) -> Completion:
+        """Ask for ``n`` completions of ``prompt``.
+
+        Args:
+            prompt: A user message, or a list of chat messages ``{"role", "content"}``.
+            n: How many candidates to return (at most; see the module docstring).
+            temperature: Sampling temperature (>= 0).
+            max_tokens: Token limit of each candidate (>= 1).
+            seed: Sampling seed; a seeded request is cacheable.
+
+        Returns:
+            The candidates with where they came from.
+
+        Raises:
+            InvalidInputError: for a malformed prompt or parameter.
+            LLMResponseError: if the server answered but never with a usable completion.
+            LLMError: if the server could not be reached or refused the request.
+        """
+        body = self._body(prompt, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        cacheable = self.cache is not None and (seed is not None or body["temperature"] == 0)
+        key = ResponseCache.key(self.config.base_url, body) if cacheable else None
+        if key is not None and self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return Completion(hit.texts[:n], True, 0, hit.model, hit.simulated)
+
+        tally = _Tally()
+        first = self._request(body, require_choices=True, tally=tally)
+        texts = first.texts[:n]
+        extra = 0
+        interrupted = False  # an extra call failed: a retry later may get more, so do not cache
+        while len(texts) < n and extra < self.config.max_extra_calls:
+            extra += 1
+            more = dict(body, n=n - len(texts))
+            if seed is not None:
+                more["seed"] = seed + extra
+            try:
+                answer = self._request(more, require_choices=False, tally=tally)
+            except LLMError as exc:
+                log.warning("extra LLM call %d failed; returning %d of %d candidates: %s",
+                            extra, len(texts), n, exc)
+                interrupted = True
+                break
+            if not answer.texts:
+                break
+            texts.extend(answer.texts[: n - len(texts)])
+
+        model = first.model or self.config.model
+        if key is not None and self.cache is not None and not interrupted:
+            self.cache.put(key, texts, model=model, simulated=first.simulated)
+        return Completion(texts, False, tally.sent, model, first.simulated)
+
+    def close(self) -> None:
+        """Close the HTTP session (the cache and outbox belong to the caller)."""
+        self._session.close()
+
+    def __enter__(self) -> LLMClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LLMClient({self.config!r}, cache={self.cache!r}, outbox={self.outbox!r})"
+
+    # -- one request, with retries -----------------------------------------------------------
+
+    def _body(self, prompt: str | Sequence[Mapping[str, Any]], *, n: int, temperature: float,
+              max_tokens: int, seed: int | None) -> dict[str, Any]:
+        if not _is_int(n) or n < 1:
+            raise InvalidInputError(f"n must be an integer >= 1, got {n!r}")
+        if not _is_int(max_tokens) or max_tokens < 1:
+            raise InvalidInputError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+                or not math.isfinite(temperature) or temperature < 0):
+            raise InvalidInputError(
+                f"temperature must be a finite number >= 0, got {temperature!r}")
+        if seed is not None and not _is_int(seed):
+            raise InvalidInputError(f"seed must be an integer or None, got {seed!r}")
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": _messages(prompt),
+            "n": n,
+            "temperature": float(temperature),  # 0 and 0.0 must be the same request (cache key)
+            "max_tokens": max_tokens,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        return body
+
+    def _request(self, body: dict[str, Any], *, require_choices: bool, tally: _Tally) -> _Answer:
+        """POST ``body`` with retries; return the parsed answer or raise LLMError."""
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        key = self.config.api_key()
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        retrying = Retrying(
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            before_sleep=self._log_retry,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    tally.sent += 1
+                    answer = self._attempt(data, headers, key, attempt.retry_state.attempt_number,
+                                           require_choices)
+        except RetryError as exc:
+            failure = exc.last_attempt.exception()
+            assert isinstance(failure, _Retryable)
+            tries = exc.last_attempt.attempt_number
+            kind = LLMResponseError if failure.bad_response else LLMError
+            raise kind(
+                f"gave up after {tries} attempt{'s' if tries != 1 else ''}: {failure.description}"
+            ) from None
+        return answer
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Backoff delay before the next attempt; a server's Retry-After wins (capped)."""
+        failure = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(failure, _Retryable) and failure.retry_after is not None:
+            return min(failure.retry_after, self.config.max_retry_after)
+        return min(self._backoff(state), self.config.backoff_max)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("LLM attempt %d of %d failed (%s); retrying in %.2f s",
+                    state.attempt_number, self.config.max_retries + 1, failure, delay)
+
+    def _attempt(self, data: bytes, headers: dict[str, str], key: str | None, attempt: int,
+                 require_choices: bool) -> _Answer:
+        """One HTTP attempt: send, record in the outbox, interpret."""
+        url = self.config.chat_url
+        started = now_utc()
+        t0 = time.perf_counter()
+        try:
+            status, resp_headers, raw, complete = self._send(url, data, headers, key)
+        except (_Retryable, LLMError) as exc:
+            self._record(url, attempt, data, started, t0, status=None, text=None,
+                         bytes_received=0, error=str(exc))
+            raise
+        text = _redact(raw.decode("utf-8", errors="replace"), key)
+        self._record(url, attempt, data, started, t0, status=status, text=text,
+                     bytes_received=len(raw), error=None)
+        if not complete:
+            raise LLMResponseError(
+                f"the answer from {url} is larger than max_response_bytes="
+                f"{self.config.max_response_bytes}; raise the limit if this is expected"
+            )
+        return self._interpret(url, status, resp_headers, raw, text, require_choices)
+
+    def _send(self, url: str, data: bytes, headers: dict[str, str], key: str | None
+              ) -> tuple[int, Mapping[str, str], bytes, bool]:
+        """POST and read the body (bounded); map transport failures to our exceptions."""
+        try:
+            resp = self._session.post(url, data=data, headers=headers, timeout=self.config.timeout,
+                                      allow_redirects=False, stream=True)
+            try:
+                limit = self.config.max_response_bytes
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_content(chunk_size=64 * 1024):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        return resp.status_code, resp.headers, b"".join(chunks), False
+                return resp.status_code, resp.headers, b"".join(chunks), True
+            finally:
+                resp.close()
+        except requests.Timeout as exc:
+            connect = isinstance(exc, requests.ConnectTimeout)
+            which = "connect" if connect else "read"
+            seconds = self.config.connect_timeout if connect else self.config.read_timeout
+            raise _Retryable(
+                f"no answer from {url} within the {which} timeout of {seconds:g} s"
+            ) from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError) as exc:
+            raise _Retryable(f"cannot reach {url}: {_describe(exc, key)}") from None
+        except requests.RequestException as exc:
+            raise LLMError(f"request to {url} failed: {_describe(exc, key)}") from None
+
+    def _interpret(self, url: str, status: int, resp_headers: Mapping[str, str], raw: bytes,
+                   text: str, require_choices: bool) -> _Answer:
+        """Turn an HTTP answer into an _Answer, a retry, or an LLMError."""
+        preview = _preview(text)
+        if 200 <= status < 300:
+            try:
+                answer = _parse_completion(raw)
+            except _Malformed as exc:
+                raise _Retryable(
+                    f"HTTP {status} from {url} is not a chat completion ({exc}); body: {preview}",
+                    bad_response=True,
+                ) from None
+            if require_choices and not answer.texts:
+                raise _Retryable(f"HTTP {status} from {url} returned no choices; body: {preview}",
+                                 bad_response=True)
+            return answer
+        if status == 429 or 500 <= status < 600:
+            raise _Retryable(f"HTTP {status} from {url}: {preview}",
+                             retry_after=parse_retry_after(resp_headers.get("Retry-After")))
+        if 300 <= status < 400:
+            raise LLMError(
+                f"HTTP {status} from {url}: redirected to {resp_headers.get('Location', '?')}; "
+                "set base_url to the final address"
+            )
+        hint = ""
+        if status in (401, 403):
+            hint = (f" (check the API key in ${self.config.api_key_env})"
+                    if self.config.api_key() else
+                    f" (no API key was sent: ${self.config.api_key_env} is not set)")
+        elif status == 404:
+            hint = " (check base_url, which usually ends in /v1, and the model name)"
+        raise LLMError(f"HTTP {status} from {url}: {_server_message(text)}{hint}")
+
+    def _record(self, url: str, attempt: int, data: bytes, started: datetime, t0: float, *,
+                status: int | None, text: str | None, bytes_received: int,
+                error: str | None) -> None:
+        if self.outbox is None:
+            return
+        self.outbox.record(url=url, attempt=attempt, request=data, started=started, status=status,
+                           response=text, bytes_received=bytes_received, error=error,
+                           elapsed_ms=(time.perf_counter() - t0) * 1000.0)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay seconds or an HTTP date).
+
+    Returns None when the header is absent or unreadable; never a negative number.
+    """
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _parse_completion(raw: bytes) -> _Answer:
+    """Read texts, model and simulator flag from a chat completion body."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise _Malformed(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _Malformed(f"expected a JSON object, got {type(data).__name__}")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise _Malformed("no 'choices' list")
+    indexed: list[tuple[int, str]] = []
+    for pos, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise _Malformed(f"choice {pos} is not an object")
+        message = choice.get("message")
+        if isinstance(message, dict) and "content" in message:
+            content = message["content"]
+        elif "text" in choice:  # a few servers answer in the legacy completions shape
+            content = choice["text"]
+        else:
+            raise _Malformed(f"choice {pos} has no message.content")
+        if content is None:  # e.g. a refusal or tool call: no text
+            content = ""
+        if not isinstance(content, str):
+            raise _Malformed(f"choice {pos} content is {type(content).__name__}, not a string")
+        index = choice.get("index")
+        indexed.append((index if _is_int(index) else pos, content))
+    indexed.sort(key=lambda item: item[0])  # stable: keeps server order on ties
+    model = data.get("model") if isinstance(data.get("model"), str) else None
+    fingerprint = data.get("system_fingerprint")
+    simulated = any(isinstance(v, str) and v.startswith(SIMULATOR_PREFIX)
+                    for v in (fingerprint, model))
+    return _Answer([content for _, content in indexed], model, simulated)
+
+
+def _messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The chat messages of ``prompt`` (a string becomes one user message)."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidInputError("prompt must not be empty")
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Sequence) or not prompt:
+        raise InvalidInputError(
+            "prompt must be a non-empty string or a non-empty list of "
+            '{"role": ..., "content": ...} messages'
+        )
+    messages = []
+    for i, message in enumerate(prompt):
+        if (not isinstance(message, Mapping) or not isinstance(message.get("role"), str)
+                or not isinstance(message.get("content"), str)):
+            raise InvalidInputError(
+                f'message {i} must be a mapping with string "role" and "content", got {message!r}'
+            )
+        messages.append(dict(message))
+    try:
+        json.dumps(messages)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"messages must be JSON-serialisable: {exc}") from None
+    return messages
+
+
+def _server_message(text: str) -> str:
+    """The error message in an OpenAI-style error body, else the start of the body."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _preview(text)
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return _preview(err["message"])
+        for candidate in (err, data.get("message"), data.get("detail")):
+            if isinstance(candidate, str):
+                return _preview(candidate)
+    return _preview(text)
+
+
+def _preview(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return "(empty body)"
+    return text[:PREVIEW_CHARS] + ("..." if len(text) > PREVIEW_CHARS else "")
+
+
+def _redact(text: str, key: str | None) -> str:
+    return text.replace(key, REDACTED) if key and key in text else text
+
+
+def _describe(exc: BaseException, key: str | None) -> str:
+    """``Type: message`` of a transport exception, cut short and without the key."""
+    message = _redact(str(exc), key)
+    if len(message) > 300:
+        message = message[:300] + "..."
+    return f"{type(exc).__name__}: {message}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

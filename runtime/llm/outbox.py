@@ -1,0 +1,232 @@
+"""The outbox: an append-only ledger of everything sent to the LLM endpoint.
+
+hydrahead keeps a user's history on the device; the only thing that leaves it is the prompt
+sent to the LLM. The outbox lets the user see exactly that: one JSON line per HTTP attempt
+(retries and top-up calls included, cache hits excluded since nothing is sent), at
+``<user_dir>/outbox.jsonl``, owner-only (0600). A record is::
+
+    {"time": "2026-01-02T03:04:05.678+00:00",   # UTC, when the attempt started
+     "url": "http://127.0.0.1:8080/v1/chat/completions",
+     "attempt": 1,                 # 1-based attempt number of this HTTP request (retries count up)
+     "request": "{\"model\": ...}",  # the body exactly as sent: request.encode() == wire bytes
+     "bytes_sent": 123,            # len of the body in bytes
+     "status": 200,                # HTTP status, or null when no answer came (timeout, refused)
+     "response": "{...}",          # answer body text (first RESPONSE_LIMIT characters) or null
+     "response_truncated": false,
+     "error": null,                # what went wrong when there is no answer, else null
+     "bytes_received": 456,        # full size of the answer body in bytes
+     "elapsed_ms": 12.3}
+
+Request headers are not recorded at all (so the ``Authorization`` header cannot leak); the
+client also replaces the API key by ``[REDACTED]`` should a server echo it in a body or error.
+
+Each record is written with one ``write`` on a file opened with ``O_APPEND`` and, by default,
+fsynced: an attempt is a network round trip, so the fsync costs little next to it, and the
+ledger is meant to be trusted after a crash. If a crash tears the last line anyway, readers skip
+it (with a logged warning) and the next append starts on a fresh line.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..paths import user_dir
+
+log = logging.getLogger(__name__)
+
+RESPONSE_LIMIT = 64 * 1024
+"""Answer bodies are recorded up to this many characters (``response_truncated`` says if cut)."""
+
+OUTBOX_FILENAME = "outbox.jsonl"
+
+
+class Outbox:
+    """Append-only JSONL ledger of HTTP attempts to the LLM endpoint.
+
+    Args:
+        path: The JSONL file (created owner-only, with its parent directory, on first append).
+        enabled: When False, :meth:`record` writes nothing; reading still works.
+        fsync: fsync after every append (default True).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], enabled: bool = True, *,
+                 fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.fsync = fsync
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_user(cls, user_id: str, root: str | os.PathLike[str] | None = None,
+                 enabled: bool = True) -> Outbox:
+        """The outbox of ``user_id``: ``<data root>/users/<user_id>/outbox.jsonl``."""
+        return cls(user_dir(user_id, root) / OUTBOX_FILENAME, enabled=enabled)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def record(self, *, url: str, attempt: int, request: bytes, started: datetime,
+               status: int | None, response: str | None, bytes_received: int,
+               error: str | None, elapsed_ms: float) -> dict[str, Any] | None:
+        """Append one attempt and return the record (``None`` when disabled).
+
+        Args:
+            url: Where the request went.
+            attempt: 1-based attempt number of this HTTP request.
+            request: The body bytes exactly as sent (UTF-8 JSON).
+            started: When the attempt started (timezone-aware).
+            status: HTTP status code, or None if no answer arrived.
+            response: The answer body as text (truncated here at RESPONSE_LIMIT characters).
+            bytes_received: Size of the answer body in bytes.
+            error: What went wrong, if no usable HTTP answer arrived.
+            elapsed_ms: Wall time of the attempt in milliseconds.
+        """
+        if not self.enabled:
+            return None
+        truncated = response is not None and len(response) > RESPONSE_LIMIT
+        rec = {
+            "time": started.astimezone(timezone.utc).isoformat(timespec="milliseconds"),
+            "url": url,
+            "attempt": attempt,
+            "request": request.decode("utf-8"),
+            "bytes_sent": len(request),
+            "status": status,
+            "response": response[:RESPONSE_LIMIT] if response is not None else None,
+            "response_truncated": truncated,
+            "error": error,
+            "bytes_received": bytes_received,
+            "elapsed_ms": round(elapsed_ms, 3),
+        }
+        self.append(rec)
+        return rec
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record as a JSON line (no-op when disabled)."""
+        if not self.enabled:
+            return
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.chmod(self.path, 0o600)  # also tightens a file created by someone else
+                if _ends_torn(fd):
+                    line = b"\n" + line  # keep a crash-torn line from swallowing this record
+                os.write(fd, line)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Iterate over the records, oldest first; unreadable (torn) lines are skipped."""
+        for rec in self._scan():
+            if rec is not None:
+                yield rec
+
+    def tail(self, n: int = 10) -> list[dict[str, Any]]:
+        """The last ``n`` records, oldest first."""
+        if n <= 0:
+            return []
+        return list(collections.deque(self.records(), maxlen=n))
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over the ledger: counts, bytes, time span and unreadable lines."""
+        out: dict[str, Any] = {
+            "path": str(self.path), "enabled": self.enabled, "records": 0, "answered_2xx": 0,
+            "failed": 0, "bytes_sent": 0, "bytes_received": 0, "first": None, "last": None,
+            "unreadable_lines": 0,
+        }
+        for rec in self._scan():
+            if rec is None:
+                out["unreadable_lines"] += 1
+                continue
+            out["records"] += 1
+            status = rec.get("status")
+            if isinstance(status, int) and 200 <= status < 300:
+                out["answered_2xx"] += 1
+            else:
+                out["failed"] += 1
+            out["bytes_sent"] += int(rec.get("bytes_sent") or 0)
+            out["bytes_received"] += int(rec.get("bytes_received") or 0)
+            out["first"] = out["first"] or rec.get("time")
+            out["last"] = rec.get("time")
+        return out
+
+    def _scan(self) -> Iterator[dict[str, Any] | None]:
+        """Yield each line's record, or None for a line that is not a JSON object."""
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    rec = None
+                if not isinstance(rec, dict):
+                    torn = "" if raw.endswith(b"\n") else " (torn last line, e.g. after a crash)"
+                    log.warning("outbox %s: skipping unreadable line %d%s", self.path, lineno, torn)
+                    yield None
+                    continue
+                yield rec
+
+    def __repr__(self) -> str:
+        return f"Outbox({str(self.path)!r}, enabled={self.enabled})"
+
+
+def format_record(record: dict[str, Any], *, bodies: bool = False, width: int = 200) -> str:
+    """One human-readable line per record (plus the bodies when ``bodies`` is True).
+
+    Args:
+        record: A record from :meth:`Outbox.records`.
+        bodies: Also show the request and the response/error, each cut at ``width`` characters.
+        width: How many characters of each body to show.
+    """
+    status = record.get("status")
+    if status is not None:
+        outcome = f"HTTP {status}"
+    else:
+        outcome = f"no answer ({_cut(record.get('error'), 80)})"
+    line = (
+        f"{record.get('time', '?')}  POST {record.get('url', '?')}  "
+        f"attempt {record.get('attempt', '?')}"
+        f"  -> {outcome}  sent {record.get('bytes_sent', 0)} B, received "
+        f"{record.get('bytes_received', 0)} B, {record.get('elapsed_ms', 0):.0f} ms"
+    )
+    if bodies:
+        line += f"\n  request:  {_cut(record.get('request'), width)}"
+        if record.get("response") is not None:
+            line += f"\n  response: {_cut(record.get('response'), width)}"
+        if record.get("error"):
+            line += f"\n  error:    {_cut(record.get('error'), width)}"
+    return line
+
+
+def _cut(text: object, width: int) -> str:
+    s = "" if text is None else str(text)
+    return s if len(s) <= width else s[: max(width - 1, 0)] + "…"
+
+
+def _ends_torn(fd: int) -> bool:
+    """True when the file is non-empty and its last byte is not a newline."""
+    if os.fstat(fd).st_size == 0:
+        return False
+    os.lseek(fd, -1, os.SEEK_END)  # O_APPEND writes still go to the end afterwards
+    return os.read(fd, 1) != b"\n"
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware UTC (the outbox's clock)."""
+    return datetime.now(timezone.utc)

@@ -1,0 +1,56 @@
+"""A real model bundle for the tests, built once and cached across sessions and processes.
+
+The bundle lives in ``$HYDRAHEAD_TEST_BUNDLE`` if set, else in
+``<repo>/.hydrahead-cache/test-bundle`` (git-ignored). It is rebuilt only when it does not open
+(missing, damaged, older format). An exclusive file lock keeps parallel test processes from
+building it twice. It is built with ``keep_fp32=True`` so that benchmarks can also compare
+against the fp32 ONNX model.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.errors import BundleError
+
+ENV_TEST_BUNDLE = "HYDRAHEAD_TEST_BUNDLE"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def cached_bundle_path() -> Path:
+    """Where the cached test bundle lives."""
+    env = os.environ.get(ENV_TEST_BUNDLE)
+    if env:
+        return Path(env).expanduser().absolute()
+    return REPO_ROOT / ".hydrahead-cache" / "test-bundle"
+
+
+REQUIRED_MODELS = ("encoder", "reranker", "adapter")
+
+
+def _opens(path: Path) -> bool:
+    """Whether ``path`` holds a valid bundle with every model the tests need."""
+    try:
+        bundle = Bundle.open(path, verify=True)
+    except BundleError:
+        return False
+    return all(bundle.has_model(name) for name in REQUIRED_MODELS)
+
+
+def get_test_bundle() -> Path:
+    """Return the directory of a valid bundle, building it first if needed (takes ~20 s)."""
+    path = cached_bundle_path()
+    if _opens(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not _opens(path):  # another process may have built it while we waited
+            from hydrahead.export.bundle import build_bundle
+
+            build_bundle(path, overwrite=True, keep_fp32=True)
+    return path
