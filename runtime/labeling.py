@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .llm.client import LLMClient
-from .records import Record
+from .records import Hit, Record
 from .store import HistoryStore
 from .tasks import Task
 
@@ -77,100 +77,117 @@ def query_seed(text: str, seed: int = 0) -> int:
     return (zlib.crc32(text.encode("utf-8")) + seed) % (2**31)
 
 
-def make_labels(
-    store: HistoryStore,
-    task: Task,
-    llm: LLMClient,
-    embed: Callable[[Sequence[str]], np.ndarray],
-    rerank: RerankFn,
-    *,
-    budget: int = 200,
-    items_per_query: int = 4,
-    m: int = 4,
-    n_candidates: int = 8,
-    temperature: float = 1.0,
-    max_tokens: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-) -> LabelSet:
-    """Label reranker and adapter pairs by asking the LLM, spending at most ``budget`` calls.
+@dataclass
+class _Counter:
+    calls: int = 0
+    cached: int = 0
+    simulated: bool = False
+
+    def complete(self, llm: LLMClient, prompt: str, **kwargs: object) -> list[str]:
+        c = llm.complete(prompt, **kwargs)  # type: ignore[arg-type]
+        self.calls += 1
+        self.cached += int(c.cached)
+        self.simulated = self.simulated or c.simulated
+        return c.texts
+
+
+class Labeler:
+    """Makes HYDRA's training labels for one user, spending at most ``budget`` LLM calls.
+
+    Each query record costs ``items_per_query`` calls for the reranker's labels and one for the
+    adapter's. Label the reranker first, fit it, then label the adapter with the fitted reranker
+    (the adapter learns on the prompts it will see). Every request is seeded by its query, so a
+    refit with the same history repeats the same requests and the response cache answers them.
 
     Args:
         store: The user's history store (records and their embeddings).
         task: Task that renders prompts and judges answers.
-        llm: Client of the remote LLM (its cache makes a repeated fit free).
-        embed: Embeds candidate texts (the bundle encoder).
-        rerank: Scores retrieved items for the adapter's prompt, as ``ask()`` would.
-        budget: Maximum number of LLM calls (each query costs ``items_per_query + 1``).
+        llm: Client of the remote LLM.
+        budget: Maximum number of LLM calls.
         items_per_query: Retrieved records judged one by one per query record.
         m: Records in the adapter's prompt.
         n_candidates: Candidates asked for per adapter prompt.
         temperature: Sampling temperature of the adapter's candidates.
         max_tokens: Output bound per candidate.
         seed: Seed of query selection and of the LLM requests.
-        progress: Show a progress bar.
-
-    Returns:
-        The labelled pairs for both heads and call counts.
+        progress: Show progress bars.
     """
-    # Only records with a gold answer can be queries (LaMP-1/LaMP-7 items carry none).
-    records = sorted((r for r in store.iter() if task.answer_of(r) is not None),
-                     key=lambda r: (r.timestamp or 0.0, r.id))
-    per_query = items_per_query + 1
-    n_queries = min(len(records) if store.count() > 1 else 0, budget // per_query)
-    reranker, adapter = PairSet(), PairSet()
-    calls = cached = 0
-    simulated = False
-    if n_queries == 0:
-        return LabelSet(reranker, adapter, 0, 0, 0, False)
 
-    rng = np.random.default_rng(seed)
-    chosen = [records[i] for i in sorted(rng.choice(len(records), n_queries, replace=False))]
-    bar = tqdm(total=n_queries * per_query, desc="labelling with the LLM", unit="call",
-               disable=not progress)
-    adapter_cands: list[tuple[np.ndarray, list[str], list[int]]] = []
-    try:
-        for query_record in chosen:
-            qtext = task.query_of(query_record)
-            gold = task.answer_of(query_record)
-            qvec = store.vectors([query_record.id])[0]
-            hits = store.search(qvec, k=items_per_query, filter=_not(query_record.id))
+    def __init__(self, store: HistoryStore, task: Task, llm: LLMClient, *, budget: int = 200,
+                 items_per_query: int = 4, m: int = 4, n_candidates: int = 8,
+                 temperature: float = 1.0, max_tokens: int = 64, seed: int = 0,
+                 progress: bool = True) -> None:
+        self.store, self.task, self.llm = store, task, llm
+        self.items_per_query, self.m, self.n_candidates = items_per_query, m, n_candidates
+        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.progress = progress
+        self.queries = self._choose_queries(budget // (items_per_query + 1))
+        self._counter = _Counter()
+
+    def _choose_queries(self, n: int) -> list[Record]:
+        # Only records with a gold answer can be queries (LaMP-1/LaMP-7 items carry none).
+        records = sorted((r for r in self.store.iter() if self.task.answer_of(r) is not None),
+                         key=lambda r: (r.timestamp or 0.0, r.id))
+        n = min(n, len(records)) if self.store.count() > 1 else 0
+        if n == 0:
+            return []
+        rng = np.random.default_rng(self.seed)
+        return [records[i] for i in sorted(rng.choice(len(records), n, replace=False))]
+
+    def _retrieve(self, record: Record) -> tuple[np.ndarray, list[Hit]]:
+        qvec = self.store.vectors([record.id])[0]
+        return qvec, self.store.search(qvec, k=self.items_per_query, filter=_not(record.id))
+
+    def reranker_labels(self) -> PairSet:
+        """One call per retrieved record, with only that record in the prompt."""
+        pairs = PairSet()
+        for record in tqdm(self.queries, desc="reranker labels", unit="query",
+                           disable=not self.progress):
+            qtext, gold = self.task.query_of(record), self.task.answer_of(record)
+            qvec, hits = self._retrieve(record)
+            outputs = [
+                (self._counter.complete(
+                    self.llm, self.task.render_prompt(qtext, [hit.record]), n=1,
+                    temperature=0.0, max_tokens=self.max_tokens,
+                    seed=query_seed(qtext, self.seed)) or [""])[0]
+                for hit in hits
+            ]
+            if hits:
+                pairs.add(qvec, np.stack([h.vector for h in hits]),
+                          _judge_items(self.task, outputs, gold))
+        return pairs
+
+    def adapter_labels(self, rerank: RerankFn,
+                       embed: Callable[[Sequence[str]], np.ndarray]) -> PairSet:
+        """One call per query with the reranked prompt; candidates judged against the gold."""
+        found: list[tuple[np.ndarray, list[str], list[int]]] = []
+        for record in tqdm(self.queries, desc="adapter labels", unit="query",
+                           disable=not self.progress):
+            qtext, gold = self.task.query_of(record), self.task.answer_of(record)
+            qvec, hits = self._retrieve(record)
             if not hits:
                 continue
-            # Reranker: one call per retrieved record, with only that record in the prompt.
-            outputs: list[str] = []
-            for hit in hits:
-                c = llm.complete(task.render_prompt(qtext, [hit.record]), n=1, temperature=0.0,
-                                 max_tokens=max_tokens, seed=query_seed(qtext, seed))
-                calls, cached, simulated = calls + 1, cached + int(c.cached), simulated or c.simulated
-                outputs.append(c.texts[0] if c.texts else "")
-                bar.update(1)
-            reranker.add(qvec, np.stack([h.vector for h in hits]),
-                         _judge_items(task, outputs, gold))
-
-            # Adapter: the reranked prompt, N sampled candidates.
-            vecs = np.stack([h.vector for h in hits])
-            top = np.argsort(-rerank(qvec, vecs), kind="stable")[:m]
-            c = llm.complete(task.render_prompt(qtext, [hits[i].record for i in top]),
-                             n=n_candidates, temperature=temperature, max_tokens=max_tokens,
-                             seed=query_seed(qtext, seed))
-            calls, cached, simulated = calls + 1, cached + int(c.cached), simulated or c.simulated
-            bar.update(1)
-            texts, ys = _judge_candidates(task, c.texts, gold)
-            if texts:
-                adapter_cands.append((qvec, texts, ys))
-    finally:
-        bar.close()
-
-    # Embed all candidate texts in one batched pass.
-    flat = [t for _, texts, _ in adapter_cands for t in texts]
-    if flat:
-        emb = embed(flat)
+            top = np.argsort(-rerank(qvec, np.stack([h.vector for h in hits])), kind="stable")
+            prompt = self.task.render_prompt(qtext, [hits[i].record for i in top[: self.m]])
+            texts = self._counter.complete(
+                self.llm, prompt, n=self.n_candidates, temperature=self.temperature,
+                max_tokens=self.max_tokens, seed=query_seed(qtext, self.seed))
+            cands, ys = _judge_candidates(self.task, texts, gold)
+            if cands:
+                found.append((qvec, cands, ys))
+        pairs = PairSet()
+        flat = [t for _, cands, _ in found for t in cands]
+        emb = embed(flat) if flat else np.zeros((0, 0), np.float32)  # one batched pass
         start = 0
-        for qvec, texts, ys in adapter_cands:
-            adapter.add(qvec, emb[start:start + len(texts)], ys)
-            start += len(texts)
-    return LabelSet(reranker, adapter, len(chosen), calls, cached, simulated)
+        for qvec, cands, ys in found:
+            pairs.add(qvec, emb[start:start + len(cands)], ys)
+            start += len(cands)
+        return pairs
+
+    def summary(self, reranker: PairSet, adapter: PairSet) -> LabelSet:
+        """The labels with this labeler's call counts."""
+        c = self._counter
+        return LabelSet(reranker, adapter, len(self.queries), c.calls, c.cached, c.simulated)
 
 
 def _not(record_id: str) -> Callable[[Record], bool]:
@@ -185,7 +202,8 @@ def _judge_items(task: Task, outputs: Sequence[str], gold: str) -> list[int]:
     return [int(task.is_correct(task.parse(o), gold)) for o in outputs]
 
 
-def _judge_candidates(task: Task, candidates: Sequence[str], gold: str) -> tuple[list[str], list[int]]:
+def _judge_candidates(task: Task, candidates: Sequence[str],
+                      gold: str) -> tuple[list[str], list[int]]:
     """Adapter labels: correctness (classification / rating) or gold-vs-candidates (generation)."""
     if task.kind == "generation":
         negatives = [c for c in dict.fromkeys(candidates) if c.strip() and c.strip() != gold.strip()]

@@ -26,9 +26,9 @@ import numpy as np
 
 from .bundle import Bundle
 from .encoder import Encoder
-from .errors import InvalidInputError, LLMResponseError
+from .errors import HeadError, InvalidInputError, LLMResponseError
 from .heads import FitReport, Head, fit_head
-from .labeling import LabelSet, PairSet, make_labels, query_seed
+from .labeling import Labeler, LabelSet, PairSet, query_seed
 from .llm.cache import ResponseCache
 from .llm.client import LLMClient
 from .llm.config import LLMConfig
@@ -113,6 +113,8 @@ class Personalizer:
         temperature: Sampling temperature of the candidates.
         max_tokens: Output bound per candidate.
         seed: Seed of fitting and of LLM requests.
+        head_rank: Fit low-rank heads (first layer ``U @ V`` of this rank) instead of full ones:
+            smaller on disk, slightly less expressive. ``None`` (default) fits full heads.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class Personalizer:
         temperature: float = 1.0,
         max_tokens: int = 64,
         seed: int = 0,
+        head_rank: int | None = None,
     ) -> None:
         if not (k >= 1 and 1 <= m <= k and n >= 1):
             raise InvalidInputError(f"need k >= m >= 1 and n >= 1, got k={k}, m={m}, n={n}")
@@ -136,6 +139,10 @@ class Personalizer:
         self.k, self.m, self.n = k, m, n
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.bases = {role: PairBase.load(bundle.file(role, "weights")) for role in ROLES}
+        # Where a user's head starts (cold start) and what fitting pulls it toward: the shared
+        # base head, factorized when low-rank heads are asked for.
+        self.base_heads = {role: base.head if head_rank is None else base.head.factorize(head_rank)
+                           for role, base in self.bases.items()}
         self.heads_dir = make_private_dir(Path(store.directory) / "heads")
         self.heads = {role: self._load_head(role) for role in ROLES}
         self._recent: OrderedDict[str, Answer] = OrderedDict()
@@ -304,18 +311,20 @@ class Personalizer:
         Args:
             budget: Most LLM calls to spend (responses are cached: a refit costs none).
             progress: Show a progress bar.
-            **label_options: Passed to :func:`make_labels` (e.g. ``items_per_query``).
+            **label_options: Passed to :class:`Labeler` (e.g. ``items_per_query``).
         """
         t0 = time.perf_counter()
-        labels = make_labels(
-            self.store, self.task, self._llm(), self.encoder.encode, self.rerank_scores,
-            budget=budget, m=self.m, n_candidates=self.n, temperature=self.temperature,
-            max_tokens=self.max_tokens, seed=self.seed, progress=progress, **label_options)
+        labeler = Labeler(self.store, self.task, self._llm(), budget=budget, m=self.m,
+                          n_candidates=self.n, temperature=self.temperature,
+                          max_tokens=self.max_tokens, seed=self.seed, progress=progress,
+                          **label_options)
         reports: dict[str, FitReport | None] = {}
-        for role, pairs in (("reranker", labels.reranker), ("adapter", labels.adapter)):
-            reports[role] = self._fit_role(role, pairs, init=self.bases[role].head)
-        return FitSummary(labels, reports, {r: self.heads[r].nbytes for r in ROLES},
-                          time.perf_counter() - t0)
+        reranker = labeler.reranker_labels()
+        reports["reranker"] = self._fit_role("reranker", reranker, init=self.base_heads["reranker"])
+        adapter = labeler.adapter_labels(self.rerank_scores, self.encoder.encode)
+        reports["adapter"] = self._fit_role("adapter", adapter, init=self.base_heads["adapter"])
+        return FitSummary(labeler.summary(reranker, adapter), reports,
+                          {r: self.heads[r].nbytes for r in ROLES}, time.perf_counter() - t0)
 
     def feedback(self, query: str, answer: str) -> None:
         """Learn from the answer the user accepted or wrote, without calling the LLM.
@@ -350,7 +359,8 @@ class Personalizer:
         base = self.bases[role]
         H = np.concatenate([base.hidden_of(q, D) for q, D in zip(pairs.queries, pairs.docs)])
         y = np.concatenate(pairs.labels)
-        head, report = fit_head(H, y, init=init, prior=base.head, seed=self.seed, **fit_options)
+        head, report = fit_head(H, y, init=init, prior=self.base_heads[role], seed=self.seed,
+                                **fit_options)
         self.heads[role] = head
         head.save(self.heads_dir / f"{role}.npz", bundle_fingerprint=self.bundle.fingerprint,
                   role=role)
@@ -373,8 +383,14 @@ class Personalizer:
     def _load_head(self, role: str) -> Head:
         path = self.heads_dir / f"{role}.npz"
         if not path.exists():
-            return self.bases[role].head.copy()  # cold start: the shared base head
-        return Head.load(path, bundle_fingerprint=self.bundle.fingerprint, role=role)
+            return self.base_heads[role].copy()  # cold start: the shared base head
+        head = Head.load(path, bundle_fingerprint=self.bundle.fingerprint, role=role)
+        if head.rank != self.base_heads[role].rank:
+            raise HeadError(
+                f"the saved {role} head has rank {head.rank}, this personalizer was opened with "
+                f"head_rank={self.base_heads[role].rank}; refit with `hydrahead fit` or reopen "
+                "with the same head_rank")
+        return head
 
     def _remember(self, query: str, answer: Answer, size: int = 64) -> None:
         self._recent[query] = answer

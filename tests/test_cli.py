@@ -1,0 +1,144 @@
+"""The ``hydrahead`` command line, command by command, on real files and real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+from fault_server import free_port
+from synthetic_users import make_user
+
+from hydrahead.cli import cli
+
+
+@pytest.fixture()
+def run(tmp_path: Path, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("HYDRAHEAD_LLM_BASE_URL", raising=False)
+    home = tmp_path / "home"
+
+    def invoke(*args: str, ok: bool = True, input: str | None = None):
+        result = CliRunner().invoke(cli, ["--home", str(home), "--bundle", str(bundle_dir), *args],
+                                    input=input)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    invoke.home = home  # type: ignore[attr-defined]
+    return invoke
+
+
+@pytest.fixture()
+def history_jsonl(tmp_path: Path) -> Path:
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(h) for h in make_user(3)["history"]) + "\n")
+    return path
+
+
+def test_import_search_fit_ask_outbox_forget(run, history_jsonl: Path) -> None:
+    out = run("user", "import", "bob", str(history_jsonl), "--task", "GIT_area").output
+    assert "imported 90 records for bob" in out
+    assert run("user", "list").output.split() == ["bob"]
+    hits = run("user", "search", "bob", "bash completion of branch names", "-k", "3").output
+    assert len(hits.strip().splitlines()) == 3
+
+    fit = run("fit", "bob", "--budget", "20", "--offline").output
+    assert "20 LLM calls" in fit and "offline simulator" in fit
+
+    ask = run("ask", "bob", "Fix zsh completion of subcommands", "--offline", "--json")
+    payload = json.loads(ask.stdout)
+    assert payload["simulated"] is True
+    assert payload["answer"] in {"tests", "doc", "gitk", "completion", "config", "git-gui",
+                                 "gitweb", "git-svn", "Makefile", "refs", "diff", "i18n",
+                                 "git-p4", "merge-recursive", "sequencer"}
+    assert len(payload["items"]) == 4
+    assert payload["prompt"].endswith("Answer:")
+
+    outbox = run("outbox", "bob", "--tail", "1", "--json").output
+    last = json.loads(outbox.strip().splitlines()[-1])
+    assert json.loads(last["request"])["messages"][0]["content"] == payload["prompt"]
+
+    run("forget", "bob", "--yes")
+    assert not (run.home / "users" / "bob").exists()
+
+
+def test_import_lamp_questions_file(run, tmp_path: Path) -> None:
+    questions = [
+        {"id": "q1", "user_id": "u1", "input": "Which area tag does this commit relate to? "
+         "commit: fix the test", "profile": [{"id": "p1", "text": "fix tests", "tag": "tests"},
+                                             {"id": "p2", "text": "docs typo", "tag": "doc"}]},
+        {"id": "q2", "user_id": "u1", "input": "commit: more", "profile": [
+            {"id": "p2", "text": "docs typo", "tag": "doc"},
+            {"id": "p3", "text": "gitk font", "tag": "gitk"}]},
+        {"id": "q3", "user_id": "u2", "input": "commit: x", "profile": [
+            {"id": "p9", "text": "other author", "tag": "refs"}]},
+    ]
+    path = tmp_path / "dev_questions.json"
+    path.write_text(json.dumps(questions))
+    out = run("user", "import", "me", str(path), "--task", "GIT_area", "--lamp-user", "u1").output
+    assert "imported 3 records" in out  # p1, p2, p3; u2's profile is not imported
+    again = run("user", "import", "me", str(path), "--task", "GIT_area", "--lamp-user", "u1")
+    assert "imported 3 records" in again.output  # idempotent: upserts, no duplicates
+    bad = run("user", "import", "me", str(path), "--task", "GIT_area", "--lamp-user", "nobody",
+              ok=False)
+    assert bad.exit_code != 0 and "no questions of LaMP user 'nobody'" in bad.output
+
+
+def test_errors_are_clear_and_exit_nonzero(run, history_jsonl: Path, tmp_path: Path) -> None:
+    r = run("ask", "nobody", "hello", ok=False)
+    assert r.exit_code == 1 and "no task recorded for user 'nobody'" in r.output
+    r = run("user", "import", "../evil", str(history_jsonl), "--task", "GIT_area", ok=False)
+    assert r.exit_code == 1 and "path separators" in r.output
+    r = run("user", "import", "eve", str(history_jsonl), "--task", "LaMP-99", ok=False)
+    assert r.exit_code == 1 and "LaMP-2" in r.output  # lists the known tasks
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok", "tag": "doc"}\nnot json\n')
+    r = run("user", "import", "eve", str(bad), "--task", "GIT_area", ok=False)
+    assert r.exit_code == 1 and "bad.jsonl:2" in r.output
+    r = run("ask", "eve", "x", "--task", "GIT_area", ok=False)  # no endpoint configured
+    assert r.exit_code == 1 and "HYDRAHEAD_LLM_BASE_URL" in r.output
+    existing = tmp_path / "not-empty"
+    existing.mkdir()
+    (existing / "file").write_text("x")
+    r = run("export", "bundle", "--out", str(existing), ok=False)
+    assert r.exit_code == 1 and "overwrite" in r.output.lower()
+
+
+def test_demo_runs_end_to_end(run) -> None:
+    out = run("demo", "--budget", "30").output
+    assert "SIMULATED LLM" in out
+    assert out.count("prompt that left the device:") == 3
+    assert out.count("local latency:") == 3
+
+
+def test_serve_offline_serves_http(tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hydrahead.cli", "llm", "serve-offline", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=2,
+                                  json={"model": "x", "n": 2, "temperature": 1.0,
+                                        "messages": [{"role": "user", "content": "Hello there"}]})
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert r.status_code == 200
+        assert r.json()["system_fingerprint"].startswith("hydrahead-offline-simulator")
+        assert len(r.json()["choices"]) == 2
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert "simulator" in out.lower()
