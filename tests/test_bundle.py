@@ -51,6 +51,7 @@ def test_manifest_describes_the_encoder_and_every_file(bundle_dir: Path) -> None
     assert encoder["pooling"] == "mean"
     assert encoder["normalize"] is True
     assert encoder["quantization"] == "int8 dynamic per-channel"
+    assert encoder["fp32_nodes"] == ["/encoder/layer.0/output/dense/MatMul"]  # mixed precision
     quality = encoder["quality"]
     assert quality["sentences"] >= 50
     assert quality["mean_cosine"] >= 0.985

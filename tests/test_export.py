@@ -155,3 +155,71 @@ def test_torch_onnx_fallback_when_optimum_fails(
 
     with pytest.raises(ExportError, match="optimum could not export"):
         export_fp32_onnx(tmp_path / "strict.onnx", exporter="optimum")
+
+
+def _weight_matmuls(model: Path) -> dict[str, str]:
+    """Map each weight-bearing (Dynamic)MatMul(Integer) node of ``model`` to its op type."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    stored = {tensor.name for tensor in graph.initializer}
+    return {
+        node.name: node.op_type
+        for node in graph.node
+        if node.op_type in ("MatMul", "MatMulInteger", "DynamicQuantizeMatMul")
+        and any(name in stored for name in node.input[1:])
+    }
+
+
+def _tiny_matmul_model(path: Path, names: list[str]) -> Path:
+    """An fp32 model that chains one 8x8 weight MatMul per name."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, current = [], [], "x"
+    for index, name in enumerate(names):
+        weights.append(numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32),
+                                               f"w{index}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"h{index}"], name=name))
+        current = f"h{index}"
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, [2, 8])], weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_quantize_keeps_the_sensitive_matmul_in_fp32(bundle_dir: Path, tmp_path: Path) -> None:
+    # on a copy: onnxruntime writes a scratch file next to the model it quantizes
+    fp32 = Path(shutil.copyfile(bundle_dir / "encoder.fp32.onnx", tmp_path / "fp32.onnx"))
+    out = export_bundle.quantize_int8(fp32, tmp_path / "int8.onnx")
+    ops = _weight_matmuls(out)
+    kept = sorted(name for name, op in ops.items() if op == "MatMul")
+    assert kept == ["/encoder/layer.0/output/dense/MatMul"]
+    assert len(ops) == 36  # 6 layers x (q, k, v, attention output, intermediate, output)
+    assert 22e6 < out.stat().st_size < 27e6  # int8 apart from one 1536x384 matrix
+
+
+def test_quantize_finds_nodes_by_pattern_and_falls_back_to_full_int8(
+    tmp_path: Path, caplog
+) -> None:
+    names = ["/model/encoder/layer.0/intermediate/dense/MatMul",
+             "/model/encoder/layer.0/output/dense/MatMul",
+             "/model/encoder/layer.1/output/dense/MatMul"]
+    fp32 = _tiny_matmul_model(tmp_path / "tiny.onnx", names)
+
+    mixed = export_bundle.quantize_int8(fp32, tmp_path / "mixed.onnx")  # default patterns
+    assert {n for n, op in _weight_matmuls(mixed).items() if op == "MatMul"} == {names[1]}
+
+    renamed = _tiny_matmul_model(tmp_path / "renamed.onnx", ["/a/MatMul", "/b/MatMul"])
+    with caplog.at_level(logging.WARNING, logger="hydrahead.export"):
+        full = export_bundle.quantize_int8(renamed, tmp_path / "full.onnx")
+        ambiguous = export_bundle.quantize_int8(
+            fp32, tmp_path / "ambiguous.onnx", fp32_patterns=[r"output/dense/MatMul$"]
+        )
+    assert "0 weight MatMul nodes" in caplog.text and "2 weight MatMul nodes" in caplog.text
+    for model in (full, ambiguous):
+        assert "MatMul" not in _weight_matmuls(model).values()
+    assert len(_weight_matmuls(ambiguous)) == 3
