@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import os
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -142,7 +144,7 @@ def run_user(p: Personalizer, server: OfflineLLMServer, queries: Sequence[str],
     def top_answer(prompt: str, query: str) -> str:
         """The LLM's own single answer at temperature 0."""
         completion = p.llm.complete(prompt, n=1, temperature=0.0, max_tokens=p.max_tokens,
-                                       seed=query_seed(query, seed))
+                                    seed=query_seed(query, seed))
         return completion.texts[0] if completion.texts else ""
 
     def timed(name: str, fn: Any) -> Any:
@@ -160,10 +162,13 @@ def run_user(p: Personalizer, server: OfflineLLMServer, queries: Sequence[str],
     record("no-history", timed("no-history", lambda: [
         top_answer(task.render_prompt(q, []), q) for q in queries]))
 
-    dense_prompts = [task.render_prompt(q, [h.record for h in p.store.search(q, k=p.m)])
-                     for q in queries]
-    record("dense", timed("dense", lambda: [
-        top_answer(prompt, q) for prompt, q in zip(dense_prompts, queries)]))
+    def dense() -> tuple[list[str], list[str]]:
+        prompts = [task.render_prompt(q, [h.record for h in p.store.search(q, k=p.m)])
+                   for q in queries]
+        return prompts, [top_answer(prompt, q) for prompt, q in zip(prompts, queries)]
+
+    dense_prompts, dense_preds = timed("dense", dense)
+    record("dense", dense_preds)
 
     base_prompts = [p.prepare(q).prompt for q in queries]
     fit_stats.dense_is_base += sum(a == b for a, b in zip(dense_prompts, base_prompts))
@@ -193,8 +198,11 @@ def run_user(p: Personalizer, server: OfflineLLMServer, queries: Sequence[str],
 
     record("base-oracle", [best_candidate(task, a, g) for a, g in zip(base_answers, golds)])
     record("fitted-oracle", [best_candidate(task, a, g) for a, g in zip(fitted_answers, golds)])
-    record("fitted-rr-base-ad", [base_adapter_pick(p, q, a)
-                                 for q, a in zip(queries, fitted_answers)])
+    before = len(server.captured)
+    record("fitted-rr-base-ad", [base_adapter_pick(p, q) for q in queries])
+    if len(server.captured) != before:
+        raise RuntimeError("re-picking with the base adapter sent requests; the response cache "
+                           "should have answered them")
 
 
 def best_candidate(task: Task, answer: Answer, gold: str) -> Any:
@@ -207,14 +215,21 @@ def best_candidate(task: Task, answer: Answer, gold: str) -> Any:
     return answer.answer
 
 
-def base_adapter_pick(p: Personalizer, query: str, answer: Answer) -> Any:
-    """Re-pick ``answer``'s candidates with the bundle's base adapter head (as ``ask`` picks)."""
-    base = p.bases["adapter"]
-    texts = [c.text for c in answer.candidates]
-    scores = base.head.scores(base.hidden_of(p.encoder.encode_one(query), p.encoder.encode(texts)))
-    parsed = [(s, c) for s, c in zip(scores, answer.candidates) if c.answer is not None]
-    pool = parsed or list(zip(scores, answer.candidates))
-    return max(pool, key=lambda sc: sc[0])[1].answer
+def base_adapter_pick(p: Personalizer, query: str) -> Any:
+    """Re-pick the fitted ``ask``'s candidates for ``query`` with the bundle's base adapter head.
+
+    The prompt and the LLM's answer are those of the fitted ``ask`` (the response cache answers
+    the repeated request, nothing is sent); only the adapter head differs.
+    """
+    prepared = p.prepare(query)
+    completion = p.llm.complete(prepared.prompt, n=p.n, temperature=p.temperature,
+                                max_tokens=p.max_tokens, seed=query_seed(query, p.seed))
+    fitted = p.heads["adapter"]
+    p.heads["adapter"] = p.base_heads["adapter"]
+    try:
+        return p.choose(prepared, completion.texts).answer
+    finally:
+        p.heads["adapter"] = fitted
 
 
 # ------------------------------------------------------------------------------ report
@@ -228,8 +243,8 @@ def metric_names(task: Task) -> tuple[str, str]:
 
 
 def render_section(task: Task, split: str, runs: dict[str, SystemRun], fit_stats: FitStats,
-                   n_users: int, n_questions: int, history_sizes: list[int], args: argparse.Namespace,
-                   wall: float, command: str, bundle: Bundle) -> str:
+                   n_users: int, n_questions: int, history_sizes: list[int],
+                   args: argparse.Namespace, wall: float, command: str, bundle: Bundle) -> str:
     """The Markdown section of one run."""
     m1, m2 = metric_names(task)
     scores = {name: task.evaluate(r.preds, r.golds) for name, r in runs.items()}
@@ -248,7 +263,9 @@ def render_section(task: Task, split: str, runs: dict[str, SystemRun], fit_stats
            "commits (answers leak)**") + ".",
         f"- Settings: k={args.k}, m={args.m}, N={args.n}, ask temperature 1.0, fit budget "
         f"{args.budget} LLM calls per user, seed {args.seed}, encoder threads {args.threads}.",
-        f"- Bundle: `{bundle.root.name}` ({bundle_bases(bundle)}).",
+        f"- Library: runtime sources sha256 {args.source_note}.",
+        f"- Bundle: `{args.bundle}` (manifest sha256 {bundle.fingerprint[:12]}, created "
+        f"{bundle.manifest.get('created')}; {bundle_bases(bundle)}).",
         f"- Reproduce: `{command}`",
         f"- Total wall time: {wall:.0f} s. Metrics pool all questions (macro-F1 over the task's "
         f"15 labels as LaMP computes it)." if task.kind == "classification" else
@@ -308,7 +325,7 @@ def comparisons(scores: dict[str, dict[str, float]], runs: dict[str, SystemRun],
         da, db = scores[a][m1], scores[b][m1]
         d = da - db
         better = (d < 0) if lower_is_better else (d > 0)
-        verdict = "no change" if abs(d) < 1e-9 else ("better" if better else "WORSE")
+        verdict = "same to 3 decimals" if abs(d) < 5e-4 else ("better" if better else "WORSE")
         qa, qb = per_question(task, runs[a]), per_question(task, runs[b])
         wins, losses = int(np.sum(qa > qb + 1e-9)), int(np.sum(qb > qa + 1e-9))
         return (f"{what}: {m1} {da:.3f} vs {db:.3f} ({d:+.3f}, {verdict}); "
@@ -336,7 +353,8 @@ def bundle_bases(bundle: Bundle) -> str:
     parts = []
     for role in ("reranker", "adapter"):
         trained = bundle.model(role).get("trained")
-        parts.append(f"{role} base {'trained' if trained else 'untrained' if trained is False else 'trained: unknown'}")
+        state = {True: "trained", False: "untrained"}.get(trained, "training unknown")
+        parts.append(f"{role} base {state}")
     return ", ".join(parts)
 
 
@@ -375,6 +393,27 @@ def write_section(out: Path, task: str, split: str, section: str) -> None:
 
 
 # -------------------------------------------------------------------------------- main
+def source_fingerprint() -> str:
+    """sha256 (12 hex digits) of the library's runtime sources: which code made the numbers."""
+    digest = hashlib.sha256()
+    runtime = REPO_ROOT / "runtime"
+    for path in sorted([*runtime.rglob("*.py"), *(runtime / "data" / "tasks").glob("*.json")]):
+        if path.is_file():
+            digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def private_copy(bundle: Bundle, target: Path) -> Bundle:
+    """Copy the bundle's listed files to ``target`` and open the copy (verified).
+
+    The run then cannot be broken by someone rebuilding the shared test bundle meanwhile.
+    """
+    target.mkdir(parents=True)
+    for name in ["manifest.json", *bundle.manifest["files"]]:
+        shutil.copy2(bundle.root / name, target / name)
+    return Bundle.open(target)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -411,15 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.bundle = get_test_bundle()
     started = time.perf_counter()
+    source = source_fingerprint()
     task = get_task(args.task)
-    bundle = Bundle.open(args.bundle)
-    encoder = Encoder(bundle, threads=args.threads)
     users = load_users(args.data, task, args.split, args.keep_question_commits)[: args.users]
     runs = {name: SystemRun() for name in [*SYSTEMS, *DIAGNOSTICS]}
     fit_stats = FitStats()
     history_sizes = []
     with OfflineLLMServer() as server, tempfile.TemporaryDirectory(
             prefix="hydrahead-quality-") as tmp:
+        bundle = private_copy(Bundle.open(args.bundle), Path(tmp) / "bundle")
+        encoder = Encoder(bundle, threads=args.threads)
         config = LLMConfig.from_env(base_url=server.url)
         for i, (user_id, rows, questions) in enumerate(users, 1):
             t0 = time.perf_counter()
@@ -436,6 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{i}/{len(users)}] user {user_id}: {len(rows)} records, "
                   f"{len(questions)} questions, {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     wall = time.perf_counter() - started
+    if source_fingerprint() != source:
+        args.source_note = (f"{source} **(the runtime sources changed during this run: rerun "
+                            "for numbers of one version)**")
+    else:
+        args.source_note = source
     n_questions = len(runs["base"].preds)
     section = render_section(task, args.split, runs, fit_stats, len(users), n_questions,
                              history_sizes, args, wall, command, bundle)

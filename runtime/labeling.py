@@ -7,9 +7,10 @@ HYDRA has no human relevance labels; it asks the black-box LLM which history rec
   prompt holding just that one record. The record is a positive if the answer is right
   (classification / rating), or, for generation, if its (ROUGE-1 + ROUGE-L) / 2 against the gold
   beats the mean over that query's records.
-* **Adapter labels.** Ask the LLM for N candidates with the reranked prompt. Classification: each
-  candidate is labelled by correctness. Generation: the candidates are negatives and the user's
-  gold answer is the positive.
+* **Adapter labels.** Ask the LLM for N candidates with the reranked prompt (the prompt of the
+  reranker just fitted). Classification: each candidate is labelled by correctness. Generation:
+  the candidates are negatives and the user's gold answer is the positive. Each candidate carries
+  the LLM's own preference for it (:mod:`hydrahead.runtime.candidates`).
 
 Every prompt built here holds one query record plus either one retrieved record (reranker) or the
 top ``m`` reranked records (adapter), exactly as at ask time; nothing else leaves the device.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from .candidates import llm_preference
 from .llm.client import LLMClient
 from .records import Hit, Record
 from .store import HistoryStore
@@ -41,13 +43,17 @@ class PairSet:
     queries: list[np.ndarray] = field(default_factory=list)  # one (dim,) vector per group
     docs: list[np.ndarray] = field(default_factory=list)  # one (n_i, dim) matrix per group
     labels: list[np.ndarray] = field(default_factory=list)  # one (n_i,) 0/1 vector per group
+    # One (n_i,) vector per group, or None: the adapter's feature 0 (the LLM's preference).
+    anchors: list[np.ndarray | None] = field(default_factory=list)
 
-    def add(self, query: np.ndarray, docs: np.ndarray, labels: Sequence[int]) -> None:
-        """Append one query's labelled documents."""
+    def add(self, query: np.ndarray, docs: np.ndarray, labels: Sequence[int],
+            anchor: np.ndarray | None = None) -> None:
+        """Append one query's labelled documents (and, for the adapter, their anchors)."""
         if len(docs):
             self.queries.append(np.asarray(query, dtype=np.float32))
             self.docs.append(np.asarray(docs, dtype=np.float32))
             self.labels.append(np.asarray(labels, dtype=np.int64))
+            self.anchors.append(None if anchor is None else np.asarray(anchor, np.float32))
 
     @property
     def n_pairs(self) -> int:
@@ -160,7 +166,7 @@ class Labeler:
     def adapter_labels(self, rerank: RerankFn,
                        embed: Callable[[Sequence[str]], np.ndarray]) -> PairSet:
         """One call per query with the reranked prompt; candidates judged against the gold."""
-        found: list[tuple[np.ndarray, list[str], list[int]]] = []
+        found: list[tuple[np.ndarray, list[str], list[int], np.ndarray]] = []
         for record in tqdm(self.queries, desc="adapter labels", unit="query",
                            disable=not self.progress):
             qtext, gold = self.task.query_of(record), self.task.answer_of(record)
@@ -172,15 +178,15 @@ class Labeler:
             texts = self._counter.complete(
                 self.llm, prompt, n=self.n_candidates, temperature=self.temperature,
                 max_tokens=self.max_tokens, seed=query_seed(qtext, self.seed))
-            cands, ys = _judge_candidates(self.task, texts, gold)
+            cands, ys, prefs = _judge_candidates(self.task, texts, gold)
             if cands:
-                found.append((qvec, cands, ys))
+                found.append((qvec, cands, ys, prefs))
         pairs = PairSet()
-        flat = [t for _, cands, _ in found for t in cands]
+        flat = [t for _, cands, _, _ in found for t in cands]
         emb = embed(flat) if flat else np.zeros((0, 0), np.float32)  # one batched pass
         start = 0
-        for qvec, cands, ys in found:
-            pairs.add(qvec, emb[start:start + len(cands)], ys)
+        for qvec, cands, ys, prefs in found:
+            pairs.add(qvec, emb[start:start + len(cands)], ys, prefs)
             start += len(cands)
         return pairs
 
@@ -202,11 +208,15 @@ def _judge_items(task: Task, outputs: Sequence[str], gold: str) -> list[int]:
     return [int(task.is_correct(task.parse(o), gold)) for o in outputs]
 
 
-def _judge_candidates(task: Task, candidates: Sequence[str],
-                      gold: str) -> tuple[list[str], list[int]]:
-    """Adapter labels: correctness (classification / rating) or gold-vs-candidates (generation)."""
+def _judge_candidates(task: Task, texts: Sequence[str],
+                      gold: str) -> tuple[list[str], list[int], np.ndarray]:
+    """Adapter labels and anchors: correctness (classification / rating), or, for generation,
+    the user's gold answer as the one positive against the LLM's candidates."""
     if task.kind == "generation":
-        negatives = [c for c in dict.fromkeys(candidates) if c.strip() and c.strip() != gold.strip()]
-        return [gold, *negatives], [1] + [0] * len(negatives)
-    unique = [c for c in dict.fromkeys(candidates) if c.strip()]
-    return unique, [int(task.is_correct(task.parse(c), gold)) for c in unique]
+        cands, prefs = llm_preference(texts, use_order=False)
+        negatives = [(c, p) for c, p in zip(cands, prefs) if c.strip() != gold.strip()]
+        gold_pref = np.float32(1.0 / max(len(texts), 1))  # as if sampled once, like the others
+        return ([gold, *(c for c, _ in negatives)], [1] + [0] * len(negatives),
+                np.array([gold_pref, *(p for _, p in negatives)], dtype=np.float32))
+    cands, prefs = llm_preference(texts)
+    return cands, [int(task.is_correct(task.parse(c), gold)) for c in cands], prefs

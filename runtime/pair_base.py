@@ -134,15 +134,21 @@ class PairBase:
         W = rng.standard_normal((4 * dim, width)) * std
         return cls(W, np.zeros(width), COS_SCALE, _cosine_base_head(hidden, rng, head_rank))
 
-    def hidden_of(self, query: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def hidden_of(self, query: np.ndarray, items: np.ndarray,
+                  anchor: np.ndarray | None = None) -> np.ndarray:
         """Hidden vectors of (query, item) pairs.
 
         Args:
             query: (dim,) query embedding.
             items: (n, dim) item (or candidate) embeddings.
+            anchor: Optional (n,) values that replace the cosine as feature 0. The adapter
+                passes the LLM's own preference for each candidate
+                (:func:`hydrahead.runtime.candidates.llm_preference`), so that its base head
+                starts from the black box's choice, as the reranker's starts from dense retrieval.
 
         Returns:
-            (n, hidden) float32; column 0 is ``cos_scale * cos(query, item)``.
+            (n, hidden) float32; column 0 is ``cos_scale * cos(query, item)`` (or
+            ``cos_scale * anchor``).
         """
         q = np.asarray(query, dtype=np.float32)
         D = np.asarray(items, dtype=np.float32)
@@ -157,7 +163,13 @@ class PairBase:
         if q_norm == 0.0 or (d_norm == 0.0).any():
             raise InvalidInputError("embeddings must be non-zero vectors")
         H = np.empty((D.shape[0], self.hidden), dtype=np.float32)
-        H[:, 0] = self.cos_scale * ((D @ q) / (d_norm * q_norm))
+        if anchor is None:
+            H[:, 0] = self.cos_scale * ((D @ q) / (d_norm * q_norm))
+        else:
+            a = np.asarray(anchor, dtype=np.float32)
+            if a.shape != (D.shape[0],) or not np.isfinite(a).all():
+                raise InvalidInputError(f"anchor must be {D.shape[0]} finite values, got {a.shape}")
+            H[:, 0] = self.cos_scale * a
         pre = D @ self._Wd + (D * q) @ self._Wqd + np.abs(D - q) @ self._Wabs
         pre += q @ self._Wq + self.b
         np.tanh(pre, out=H[:, 1:])

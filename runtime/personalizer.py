@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
+from .candidates import llm_preference
 from .encoder import Encoder
 from .errors import HeadError, InvalidInputError, LLMResponseError
 from .heads import FitReport, Head, fit_head
@@ -44,11 +45,12 @@ ROLES = ("reranker", "adapter")
 
 @dataclass
 class Candidate:
-    """One LLM candidate with its parsed answer and the adapter's score."""
+    """One distinct LLM candidate: its parsed answer, the adapter's score, the LLM's preference."""
 
     text: str
     answer: Any
     score: float
+    llm_preference: float
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Personalizer:
         self.heads = {role: self._load_head(role) for role in ROLES}
         self._recent: OrderedDict[str, Answer] = OrderedDict()
         self._owns_cache = False  # set when this personalizer made its LLM client
+
     # ------------------------------------------------------------------ opening / closing
     @classmethod
     def open(
@@ -228,9 +231,17 @@ class Personalizer:
         """Reranker scores (shared base + this user's head) of items for a query."""
         return self.heads["reranker"].scores(self.bases["reranker"].hidden_of(query_vec, item_vecs))
 
-    def adapter_scores(self, query_vec: np.ndarray, cand_vecs: np.ndarray) -> np.ndarray:
-        """Adapter scores (shared base + this user's head) of candidates for a query."""
-        return self.heads["adapter"].scores(self.bases["adapter"].hidden_of(query_vec, cand_vecs))
+    def adapter_scores(self, query_vec: np.ndarray, cand_vecs: np.ndarray,
+                       preference: np.ndarray) -> np.ndarray:
+        """Adapter scores (shared base + this user's head) of candidates for a query.
+
+        Args:
+            query_vec: The query's embedding.
+            cand_vecs: The candidates' embeddings.
+            preference: The LLM's own preference for each candidate (:func:`llm_preference`).
+        """
+        H = self.bases["adapter"].hidden_of(query_vec, cand_vecs, preference)
+        return self.heads["adapter"].scores(H)
 
     def rerank(self, query: str, query_vec: np.ndarray | None = None) -> list[RankedItem]:
         """Retrieve ``k`` records and return the top ``m`` by the reranker, best first."""
@@ -297,12 +308,13 @@ class Personalizer:
         return answer
 
     def _score_candidates(self, qvec: np.ndarray, texts: Sequence[str]) -> list[Candidate]:
-        unique = [t for t in dict.fromkeys(texts) if t.strip()]
+        unique, preference = llm_preference(texts, use_order=self.task.kind != "generation")
         if not unique:
             return []
-        scores = self.adapter_scores(qvec, self.encoder.encode(unique))
-        cands = [Candidate(t, self.task.parse(t), float(s)) for t, s in zip(unique, scores)]
-        return sorted(cands, key=lambda c: -c.score)
+        scores = self.adapter_scores(qvec, self.encoder.encode(unique), preference)
+        cands = [Candidate(t, self.task.parse(t), float(s), float(p))
+                 for t, s, p in zip(unique, scores, preference)]
+        return sorted(cands, key=lambda c: -c.score)  # stable: ties keep the LLM's order
 
     # ------------------------------------------------------------------ fit / feedback
     def fit(self, budget: int = 200, *, progress: bool = True, **label_options: Any) -> FitSummary:
@@ -343,9 +355,15 @@ class Personalizer:
         if last is None:
             raise InvalidInputError("feedback is for a query asked in this session; ask() it first")
         qvec = self.encoder.encode_one(query)
-        others = [c.text for c in last.candidates if c.text.strip() != answer.strip()]
+        others = [c for c in last.candidates if c.text.strip() != answer.strip()]
+        prefs = [c.llm_preference for c in last.candidates]
+        # An edited answer the LLM never proposed gets the candidates' mean preference.
+        mine = next((c.llm_preference for c in last.candidates if c.text.strip() == answer.strip()),
+                    float(np.mean(prefs)) if prefs else 0.0)
         adapter = PairSet()
-        adapter.add(qvec, self.encoder.encode([answer, *others]), [1] + [0] * len(others))
+        adapter.add(qvec, self.encoder.encode([answer, *(c.text for c in others)]),
+                    [1] + [0] * len(others),
+                    np.array([mine, *(c.llm_preference for c in others)], dtype=np.float32))
         reranker = PairSet()
         if last.items:
             reranker.add(qvec, self.store.vectors([it.record.id for it in last.items]),
@@ -357,7 +375,8 @@ class Personalizer:
         if pairs.n_pairs == 0 or pairs.n_positive in (0, pairs.n_pairs):
             return None  # nothing to learn from: one class only
         base = self.bases[role]
-        H = np.concatenate([base.hidden_of(q, D) for q, D in zip(pairs.queries, pairs.docs)])
+        H = np.concatenate([base.hidden_of(q, D, a)
+                            for q, D, a in zip(pairs.queries, pairs.docs, pairs.anchors)])
         y = np.concatenate(pairs.labels)
         head, report = fit_head(H, y, init=init, prior=self.base_heads[role], seed=self.seed,
                                 **fit_options)

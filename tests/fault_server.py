@@ -129,6 +129,8 @@ class FaultServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # no delayed-ACK stall between headers and body
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 self._handle()
 

@@ -37,3 +37,14 @@ def test_untrained_base_head_ranks_by_cosine(bundle_dir: Path, role: str) -> Non
         scores = base.head.scores(base.hidden_of(q, docs))
         cosine = docs @ q
         assert np.array_equal(np.argsort(-scores, kind="stable"), np.argsort(-cosine, kind="stable"))
+
+
+def test_adapter_anchor_replaces_the_cosine(bundle_dir: Path) -> None:
+    bundle = Bundle.open(bundle_dir)
+    base = PairBase.load(bundle.file("adapter", "weights"))
+    vecs = Encoder(bundle).encode(TEXTS)
+    anchor = np.array([0.1, 0.9, 0.3, 0.5, 0.2, 0.7, 0.4], dtype=np.float32)
+    H = base.hidden_of(vecs[0], vecs[1:], anchor)
+    assert np.allclose(H[:, 0], base.cos_scale * anchor)
+    order = np.argsort(-base.head.scores(H), kind="stable")
+    assert list(order) == list(np.argsort(-anchor, kind="stable"))

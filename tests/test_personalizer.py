@@ -142,10 +142,11 @@ def test_feedback_moves_the_adapter_toward_the_users_answer(tmp_path, bundle, en
         wanted = labels[-1]  # the tag of the lowest-ranked prompt record
         assert len(set(labels)) > 1, "the test needs a prompt whose records disagree"
         qvec = encoder.encode_one(query)
-        before = p.adapter_scores(qvec, encoder.encode([wanted]))[0]
+        pref = np.array([0.5], dtype=np.float32)
+        before = p.adapter_scores(qvec, encoder.encode([wanted]), pref)[0]
         reranker_before = p.heads["reranker"].params["W2"].copy()
         p.feedback(query, wanted)
-        after = p.adapter_scores(qvec, encoder.encode([wanted]))[0]
+        after = p.adapter_scores(qvec, encoder.encode([wanted]), pref)[0]
         assert after > before
         assert not np.array_equal(p.heads["reranker"].params["W2"], reranker_before)
         with pytest.raises(InvalidInputError, match="ask"):
@@ -229,3 +230,19 @@ def test_low_rank_heads_are_smaller_and_keep_their_rank(tmp_path, bundle, encode
         assert p.heads["reranker"].rank == 8
     with pytest.raises(HeadError, match="rank"):
         _open(tmp_path, bundle, encoder, server.url)
+
+
+@pytest.mark.parametrize("texts, expected", [
+    (["doc", "tests", "doc", "gitk"], "doc"),      # the most frequent sample
+    (["gitk", "doc", "tests", "refs"], "gitk"),    # all distinct: the first sample
+])
+def test_cold_start_adapter_picks_the_llms_favourite(tmp_path, bundle, encoder, user, texts,
+                                                     expected):
+    with FaultServer(default=chat_reply(texts)) as fault:
+        with _open(tmp_path, bundle, encoder, fault.url,
+                   llm_options=dict(FAST_RETRY, max_extra_calls=0)) as p:
+            import_records(p.store, p.task, user["history"])
+            a = p.ask(user["queries"][0]["query"])
+    assert a.answer == expected
+    assert a.candidates[0].text == expected
+    assert a.candidates[0].llm_preference == max(c.llm_preference for c in a.candidates)
