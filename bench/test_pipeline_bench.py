@@ -61,8 +61,14 @@ def corpus(git_lamp: Path) -> dict:
     cands = []
     for q, question in zip(queries, dev):
         examples = [task.record_from_profile(p) for p in question.profile[:4]]
-        body = {"model": "bench", "messages": task.messages(q, examples), "n": N_CANDIDATES,
-                "temperature": 1.0, "max_tokens": 32, "seed": 0}
+        body = {
+            "model": "bench",
+            "messages": task.messages(q, examples),
+            "n": N_CANDIDATES,
+            "temperature": 1.0,
+            "max_tokens": 32,
+            "seed": 0,
+        }
         cands.append([c["message"]["content"] for c in sim.complete(body)["choices"]])
     return {"task": task, "items": items, "queries": queries, "candidates": cands}
 
@@ -86,8 +92,9 @@ def item_vectors(corpus: dict, encoder, bundle_dir: Path) -> np.ndarray:
     return vecs
 
 
-def _personalizer(tmp_path_factory, bundle_dir: Path, encoder, corpus: dict, vecs: np.ndarray,
-                  size: int):
+def _personalizer(
+    tmp_path_factory, bundle_dir: Path, encoder, corpus: dict, vecs: np.ndarray, size: int
+):
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.personalizer import Personalizer
     from hydrahead.runtime.store import HistoryStore
@@ -113,8 +120,14 @@ def cross_encoder():
     model.eval()
 
     def score(query: str, docs: list[str], max_length: int) -> np.ndarray:
-        batch = tok([query] * len(docs), docs, truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt")
+        batch = tok(
+            [query] * len(docs),
+            docs,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
         with torch.inference_mode():
             return model(**batch).logits.softmax(-1)[:, 1].numpy()
 
@@ -122,8 +135,9 @@ def cross_encoder():
 
 
 @pytest.mark.parametrize("size", [1_000, 10_000])
-def test_ask_local_overhead(benchmark, tmp_path_factory, bundle_dir, encoder, corpus,
-                            item_vectors, cross_encoder, size):
+def test_ask_local_overhead(
+    benchmark, tmp_path_factory, bundle_dir, encoder, corpus, item_vectors, cross_encoder, size
+):
     from rank_bm25 import BM25Okapi
 
     if len(item_vectors) < size:
@@ -153,8 +167,11 @@ def test_ask_local_overhead(benchmark, tmp_path_factory, bundle_dir, encoder, co
     floor_p50 = _p50_ms(floor, cases)
     hydra_p50 = _p50_ms(hydra_style, cases[:20])
     info = {
-        "history_items": size, "queries": len(cases), "candidates": N_CANDIDATES,
-        "local_p50_ms": round(local_p50, 2), "floor_p50_ms": round(floor_p50, 2),
+        "history_items": size,
+        "queries": len(cases),
+        "candidates": N_CANDIDATES,
+        "local_p50_ms": round(local_p50, 2),
+        "floor_p50_ms": round(floor_p50, 2),
         "hydra_style_p50_ms": round(hydra_p50, 1),
         "overhead_vs_floor": round(local_p50 / floor_p50, 3),
         "speedup_vs_hydra_style": round(hydra_p50 / local_p50, 1),

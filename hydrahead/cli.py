@@ -21,7 +21,9 @@ import click
 from hydrahead import __version__
 
 ENV_BUNDLE = "HYDRAHEAD_BUNDLE"
-SIMULATOR_NOTE = "[offline simulator: answers come from hydrahead's simulated LLM, not a real model]"
+SIMULATOR_NOTE = (
+    "[offline simulator: answers come from hydrahead's simulated LLM, not a real model]"
+)
 
 
 class Context:
@@ -43,16 +45,25 @@ def _fail(exc: Exception) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hydrahead")
-@click.option("--home", envvar="HYDRAHEAD_HOME", type=click.Path(file_okay=False),
-              help="Data root (default: $HYDRAHEAD_HOME or the platform's user data dir).")
-@click.option("--bundle", envvar=ENV_BUNDLE, type=click.Path(file_okay=False),
-              help="Model bundle directory (default: <home>/bundle).")
+@click.option(
+    "--home",
+    envvar="HYDRAHEAD_HOME",
+    type=click.Path(file_okay=False),
+    help="Data root (default: $HYDRAHEAD_HOME or the platform's user data dir).",
+)
+@click.option(
+    "--bundle",
+    envvar=ENV_BUNDLE,
+    type=click.Path(file_okay=False),
+    help="Model bundle directory (default: <home>/bundle).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress.")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, bundle: str | None, verbose: bool) -> None:
     """hydrahead: personalize a black-box LLM on the device (HYDRA)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     ctx.obj = Context(home, bundle)
 
 
@@ -89,8 +100,13 @@ def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None)
 
     try:
         config = LLMConfig.from_env(base_url=llm_url) if llm_url else None
-        return Personalizer.open(user, bundle=obj.bundle_dir, root=obj.root, llm=config,
-                                 task=resolve_task(user, task, obj.root))
+        return Personalizer.open(
+            user,
+            bundle=obj.bundle_dir,
+            root=obj.root,
+            llm=config,
+            task=resolve_task(user, task, obj.root),
+        )
     except HydraheadError as exc:
         _fail(exc)
 
@@ -109,10 +125,16 @@ def _llm_endpoint(offline: bool) -> Iterator[str | None]:
 
 
 llm_options = [
-    click.option("--llm-url", envvar="HYDRAHEAD_LLM_BASE_URL",
-                 help="OpenAI-compatible base URL (default: $HYDRAHEAD_LLM_BASE_URL)."),
-    click.option("--offline", is_flag=True,
-                 help="Use hydrahead's offline LLM simulator (started for this command)."),
+    click.option(
+        "--llm-url",
+        envvar="HYDRAHEAD_LLM_BASE_URL",
+        help="OpenAI-compatible base URL (default: $HYDRAHEAD_LLM_BASE_URL).",
+    ),
+    click.option(
+        "--offline",
+        is_flag=True,
+        help="Use hydrahead's offline LLM simulator (started for this command).",
+    ),
 ]
 
 
@@ -131,9 +153,12 @@ def user() -> None:
 @user.command("import")
 @click.argument("user_id")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--task", required=True, help="Task name (e.g. LaMP-2, GIT_area) or a task JSON file.")
-@click.option("--lamp-user", help="For a LaMP questions file: whose profile to import "
-              "(default: USER_ID).")
+@click.option(
+    "--task", required=True, help="Task name (e.g. LaMP-2, GIT_area) or a task JSON file."
+)
+@click.option(
+    "--lamp-user", help="For a LaMP questions file: whose profile to import (default: USER_ID)."
+)
 @pass_ctx
 def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str | None) -> None:
     """Import history records from JSONL or a LaMP questions file."""
@@ -141,8 +166,9 @@ def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str
     from hydrahead.runtime.importing import import_file
 
     try:
-        n = import_file(user_id, file, task=task, lamp_user=lamp_user, root=obj.root,
-                        bundle=obj.bundle_dir)
+        n = import_file(
+            user_id, file, task=task, lamp_user=lamp_user, root=obj.root, bundle=obj.bundle_dir
+        )
     except HydraheadError as exc:
         _fail(exc)
     click.echo(f"imported {n} records for {user_id}")
@@ -171,7 +197,9 @@ def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
     from hydrahead.runtime.store import HistoryStore
 
     try:
-        with HistoryStore(user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root) as store:
+        with HistoryStore(
+            user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root
+        ) as store:
             for hit in store.search(query, k=k):
                 click.echo(f"{hit.score:.3f}  {hit.record.id}  {_short(hit.record.text)}")
     except HydraheadError as exc:
@@ -185,8 +213,9 @@ def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
 @click.option("--budget", default=200, show_default=True, help="Most LLM calls to spend.")
 @with_llm
 @pass_ctx
-def fit(obj: Context, user_id: str, task: str | None, budget: int, llm_url: str | None,
-        offline: bool) -> None:
+def fit(
+    obj: Context, user_id: str, task: str | None, budget: int, llm_url: str | None, offline: bool
+) -> None:
     """Fit the user's reranker and adapter heads (labels come from the LLM)."""
     from hydrahead.runtime.errors import HydraheadError
 
@@ -207,8 +236,15 @@ def fit(obj: Context, user_id: str, task: str | None, budget: int, llm_url: str 
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @with_llm
 @pass_ctx
-def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
-        llm_url: str | None, offline: bool) -> None:
+def ask(
+    obj: Context,
+    user_id: str,
+    query: str,
+    task: str | None,
+    as_json: bool,
+    llm_url: str | None,
+    offline: bool,
+) -> None:
     """Ask a question as this user; prints the answer and the prompt that left the device."""
     from hydrahead.runtime.errors import HydraheadError
 
@@ -248,8 +284,10 @@ def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(rec))
         else:
-            click.echo(f"--- {rec.get('time')}  {rec.get('url')}  status={rec.get('status')}  "
-                       f"sent={rec.get('bytes_sent')} B  received={rec.get('bytes_received')} B")
+            click.echo(
+                f"--- {rec.get('time')}  {rec.get('url')}  status={rec.get('status')}  "
+                f"sent={rec.get('bytes_sent')} B  received={rec.get('bytes_received')} B"
+            )
             click.echo(rec.get("request", ""))
 
 
@@ -311,13 +349,18 @@ def _short(text: str, n: int = 90) -> str:
 
 def _print_fit(s: Any) -> None:
     lab = s.labels
-    click.echo(f"labelled {lab.reranker.n_pairs} reranker pairs ({lab.reranker.n_positive} positive) "
-               f"and {lab.adapter.n_pairs} adapter pairs ({lab.adapter.n_positive} positive) "
-               f"from {lab.queries_used} history queries; {lab.llm_calls} LLM calls "
-               f"({lab.llm_calls_cached} from cache)")
+    click.echo(
+        f"labelled {lab.reranker.n_pairs} reranker pairs ({lab.reranker.n_positive} positive) "
+        f"and {lab.adapter.n_pairs} adapter pairs ({lab.adapter.n_positive} positive) "
+        f"from {lab.queries_used} history queries; {lab.llm_calls} LLM calls "
+        f"({lab.llm_calls_cached} from cache)"
+    )
     for role, rep in s.reports.items():
-        state = "kept the shared base head (one class only)" if rep is None else (
-            f"fitted in {rep.seconds * 1e3:.0f} ms ({rep.epochs} epochs)")
+        state = (
+            "kept the shared base head (one class only)"
+            if rep is None
+            else (f"fitted in {rep.seconds * 1e3:.0f} ms ({rep.epochs} epochs)")
+        )
         click.echo(f"  {role}: {state}; head size {s.head_bytes[role]} bytes")
     if lab.simulated:
         click.echo(SIMULATOR_NOTE)
@@ -339,10 +382,21 @@ def _print_answer(a: Any) -> None:
 
 def _answer_dict(a: Any) -> dict[str, Any]:
     return {
-        "answer": a.answer, "text": a.text, "prompt": a.prompt, "simulated": a.simulated,
-        "candidates": [{"text": c.text, "answer": c.answer, "score": c.score} for c in a.candidates],
-        "items": [{"id": it.record.id, "retrieval_score": it.retrieval_score,
-                   "rerank_score": it.rerank_score} for it in a.items],
+        "answer": a.answer,
+        "text": a.text,
+        "prompt": a.prompt,
+        "simulated": a.simulated,
+        "candidates": [
+            {"text": c.text, "answer": c.answer, "score": c.score} for c in a.candidates
+        ],
+        "items": [
+            {
+                "id": it.record.id,
+                "retrieval_score": it.retrieval_score,
+                "rerank_score": it.rerank_score,
+            }
+            for it in a.items
+        ],
         "timings_ms": a.timings_ms,
     }
 

@@ -54,8 +54,9 @@ def ensure_bundle(bundle_dir: Path, echo: Callable[[str], None]) -> Bundle:
     return Bundle.open(bundle_dir)
 
 
-def run_demo(root: Path, bundle_dir: Path, *, budget: int = 120,
-             echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_demo(
+    root: Path, bundle_dir: Path, *, budget: int = 120, echo: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Run the demo; returns one dict per query (answer, gold, local latency)."""
     sample = load_sample()
     bundle = ensure_bundle(bundle_dir, echo)
@@ -71,33 +72,52 @@ def run_demo(root: Path, bundle_dir: Path, *, budget: int = 120,
 
             server = stack.enter_context(OfflineLLMServer())
             config = LLMConfig.from_env(base_url=server.url)
-            echo(f"LLM: offline simulator at {server.url} (no HYDRAHEAD_LLM_BASE_URL set). "
-                 "RESULTS BELOW ARE FROM A SIMULATED LLM, NOT A REAL MODEL.")
+            echo(
+                f"LLM: offline simulator at {server.url} (no HYDRAHEAD_LLM_BASE_URL set). "
+                "RESULTS BELOW ARE FROM A SIMULATED LLM, NOT A REAL MODEL."
+            )
         forget_user(DEMO_USER, root)
         p = stack.enter_context(
-            Personalizer.open(DEMO_USER, bundle=bundle, encoder=encoder, task=task, llm=config,
-                              root=root))
+            Personalizer.open(
+                DEMO_USER, bundle=bundle, encoder=encoder, task=task, llm=config, root=root
+            )
+        )
         remember_task(DEMO_USER, task.name, root)
         t0 = time.perf_counter()
         n = import_records(p.store, task, sample["history"])
-        echo(f"imported {n} history records of one author ({sample['source']}) in "
-             f"{time.perf_counter() - t0:.2f} s")
+        echo(
+            f"imported {n} history records of one author ({sample['source']}) in "
+            f"{time.perf_counter() - t0:.2f} s"
+        )
         before = {q["query"]: p.ask(q["query"]).answer for q in sample["queries"]}
         summary = p.fit(budget=budget, progress=False)
-        echo(f"fitted heads from {summary.labels.llm_calls} LLM calls in {summary.seconds:.1f} s "
-             f"(reranker {summary.labels.reranker.n_pairs} pairs, adapter "
-             f"{summary.labels.adapter.n_pairs} pairs; head size "
-             f"{summary.head_bytes['reranker']} bytes each)")
+        echo(
+            f"fitted heads from {summary.labels.llm_calls} LLM calls in {summary.seconds:.1f} s "
+            f"(reranker {summary.labels.reranker.n_pairs} pairs, adapter "
+            f"{summary.labels.adapter.n_pairs} pairs; head size "
+            f"{summary.head_bytes['reranker']} bytes each)"
+        )
         for q in sample["queries"]:
             a = p.ask(q["query"])
-            results.append({"answer": a.answer, "gold": q["gold"], "base_heads": before[q["query"]],
-                            "local_ms": a.local_ms, "simulated": a.simulated})
+            results.append(
+                {
+                    "answer": a.answer,
+                    "gold": q["gold"],
+                    "base_heads": before[q["query"]],
+                    "local_ms": a.local_ms,
+                    "simulated": a.simulated,
+                }
+            )
             echo("")
             echo("=" * 78)
             echo(f"query: {q['query'][:200]!r}")
-            echo(f"answer: {a.answer!r}   (author's real tag: {q['gold']!r}; before fitting: "
-                 f"{before[q['query']]!r})" + ("   [simulated LLM]" if a.simulated else ""))
-            echo(f"local latency: {a.local_ms:.1f} ms (LLM round trip {a.timings_ms['llm']:.1f} ms)")
+            echo(
+                f"answer: {a.answer!r}   (author's real tag: {q['gold']!r}; before fitting: "
+                f"{before[q['query']]!r})" + ("   [simulated LLM]" if a.simulated else "")
+            )
+            echo(
+                f"local latency: {a.local_ms:.1f} ms (LLM round trip {a.timings_ms['llm']:.1f} ms)"
+            )
             echo("prompt that left the device:")
             echo(a.prompt)
     return results

@@ -46,8 +46,13 @@ class PairSet:
     # One (n_i,) vector per group, or None: the adapter's feature 0 (the LLM's preference).
     anchors: list[np.ndarray | None] = field(default_factory=list)
 
-    def add(self, query: np.ndarray, docs: np.ndarray, labels: Sequence[int],
-            anchor: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        query: np.ndarray,
+        docs: np.ndarray,
+        labels: Sequence[int],
+        anchor: np.ndarray | None = None,
+    ) -> None:
         """Append one query's labelled documents (and, for the adapter, their anchors)."""
         if len(docs):
             self.queries.append(np.asarray(query, dtype=np.float32))
@@ -119,10 +124,21 @@ class Labeler:
         progress: Show progress bars.
     """
 
-    def __init__(self, store: HistoryStore, task: Task, llm: LLMClient, *, budget: int = 200,
-                 items_per_query: int = 4, m: int = 4, n_candidates: int = 8,
-                 temperature: float = 1.0, max_tokens: int = 64, seed: int = 0,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        store: HistoryStore,
+        task: Task,
+        llm: LLMClient,
+        *,
+        budget: int = 200,
+        items_per_query: int = 4,
+        m: int = 4,
+        n_candidates: int = 8,
+        temperature: float = 1.0,
+        max_tokens: int = 64,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
         self.store, self.task, self.llm = store, task, llm
         self.items_per_query, self.m, self.n_candidates = items_per_query, m, n_candidates
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
@@ -132,8 +148,10 @@ class Labeler:
 
     def _choose_queries(self, n: int) -> list[Record]:
         # Only records with a gold answer can be queries (LaMP-1/LaMP-7 items carry none).
-        records = sorted((r for r in self.store.iter() if self.task.answer_of(r) is not None),
-                         key=lambda r: (r.timestamp or 0.0, r.id))
+        records = sorted(
+            (r for r in self.store.iter() if self.task.answer_of(r) is not None),
+            key=lambda r: (r.timestamp or 0.0, r.id),
+        )
         n = min(n, len(records)) if self.store.count() > 1 else 0
         if n == 0:
             return []
@@ -147,28 +165,39 @@ class Labeler:
     def reranker_labels(self) -> PairSet:
         """One call per retrieved record, with only that record in the prompt."""
         pairs = PairSet()
-        for record in tqdm(self.queries, desc="reranker labels", unit="query",
-                           disable=not self.progress):
+        for record in tqdm(
+            self.queries, desc="reranker labels", unit="query", disable=not self.progress
+        ):
             qtext, gold = self.task.query_of(record), self.task.answer_of(record)
             qvec, hits = self._retrieve(record)
             outputs = [
-                (self._counter.complete(
-                    self.llm, self.task.render_prompt(qtext, [hit.record]), n=1,
-                    temperature=0.0, max_tokens=self.max_tokens,
-                    seed=query_seed(qtext, self.seed)) or [""])[0]
+                (
+                    self._counter.complete(
+                        self.llm,
+                        self.task.render_prompt(qtext, [hit.record]),
+                        n=1,
+                        temperature=0.0,
+                        max_tokens=self.max_tokens,
+                        seed=query_seed(qtext, self.seed),
+                    )
+                    or [""]
+                )[0]
                 for hit in hits
             ]
             if hits:
-                pairs.add(qvec, np.stack([h.vector for h in hits]),
-                          _judge_items(self.task, outputs, gold))
+                pairs.add(
+                    qvec, np.stack([h.vector for h in hits]), _judge_items(self.task, outputs, gold)
+                )
         return pairs
 
-    def adapter_labels(self, rerank: RerankFn,
-                       embed: Callable[[Sequence[str]], np.ndarray]) -> PairSet:
+    def adapter_labels(
+        self, rerank: RerankFn, embed: Callable[[Sequence[str]], np.ndarray]
+    ) -> PairSet:
         """One call per query with the reranked prompt; candidates judged against the gold."""
         found: list[tuple[np.ndarray, list[str], list[int], np.ndarray]] = []
-        for record in tqdm(self.queries, desc="adapter labels", unit="query",
-                           disable=not self.progress):
+        for record in tqdm(
+            self.queries, desc="adapter labels", unit="query", disable=not self.progress
+        ):
             qtext, gold = self.task.query_of(record), self.task.answer_of(record)
             qvec, hits = self._retrieve(record)
             if not hits:
@@ -176,8 +205,13 @@ class Labeler:
             top = np.argsort(-rerank(qvec, np.stack([h.vector for h in hits])), kind="stable")
             prompt = self.task.render_prompt(qtext, [hits[i].record for i in top[: self.m]])
             texts = self._counter.complete(
-                self.llm, prompt, n=self.n_candidates, temperature=self.temperature,
-                max_tokens=self.max_tokens, seed=query_seed(qtext, self.seed))
+                self.llm,
+                prompt,
+                n=self.n_candidates,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                seed=query_seed(qtext, self.seed),
+            )
             cands, ys, prefs = _judge_candidates(self.task, texts, gold)
             if cands:
                 found.append((qvec, cands, ys, prefs))
@@ -186,7 +220,7 @@ class Labeler:
         emb = embed(flat) if flat else np.zeros((0, 0), np.float32)  # one batched pass
         start = 0
         for qvec, cands, ys, prefs in found:
-            pairs.add(qvec, emb[start:start + len(cands)], ys, prefs)
+            pairs.add(qvec, emb[start : start + len(cands)], ys, prefs)
             start += len(cands)
         return pairs
 
@@ -208,15 +242,19 @@ def _judge_items(task: Task, outputs: Sequence[str], gold: str) -> list[int]:
     return [int(task.is_correct(task.parse(o), gold)) for o in outputs]
 
 
-def _judge_candidates(task: Task, texts: Sequence[str],
-                      gold: str) -> tuple[list[str], list[int], np.ndarray]:
+def _judge_candidates(
+    task: Task, texts: Sequence[str], gold: str
+) -> tuple[list[str], list[int], np.ndarray]:
     """Adapter labels and anchors: correctness (classification / rating), or, for generation,
     the user's gold answer as the one positive against the LLM's candidates."""
     if task.kind == "generation":
         cands, prefs = llm_preference(texts, use_order=False)
         negatives = [(c, p) for c, p in zip(cands, prefs) if c.strip() != gold.strip()]
         gold_pref = np.float32(1.0 / max(len(texts), 1))  # as if sampled once, like the others
-        return ([gold, *(c for c, _ in negatives)], [1] + [0] * len(negatives),
-                np.array([gold_pref, *(p for _, p in negatives)], dtype=np.float32))
+        return (
+            [gold, *(c for c, _ in negatives)],
+            [1] + [0] * len(negatives),
+            np.array([gold_pref, *(p for _, p in negatives)], dtype=np.float32),
+        )
     cands, prefs = llm_preference(texts)
     return cands, [int(task.is_correct(task.parse(c), gold)) for c in cands], prefs

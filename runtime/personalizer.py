@@ -137,14 +137,22 @@ class Personalizer:
     ) -> None:
         if not (k >= 1 and 1 <= m <= k and n >= 1):
             raise InvalidInputError(f"need k >= m >= 1 and n >= 1, got k={k}, m={m}, n={n}")
-        self.store, self.bundle, self.encoder, self.llm, self.task = store, bundle, encoder, llm, task
+        self.store, self.bundle, self.encoder, self.llm, self.task = (
+            store,
+            bundle,
+            encoder,
+            llm,
+            task,
+        )
         self.k, self.m, self.n = k, m, n
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.bases = {role: PairBase.load(bundle.file(role, "weights")) for role in ROLES}
         # Where a user's head starts (cold start) and what fitting pulls it toward: the shared
         # base head, factorized when low-rank heads are asked for.
-        self.base_heads = {role: base.head if head_rank is None else base.head.factorize(head_rank)
-                           for role, base in self.bases.items()}
+        self.base_heads = {
+            role: base.head if head_rank is None else base.head.factorize(head_rank)
+            for role, base in self.bases.items()
+        }
         self.heads_dir = make_private_dir(Path(store.directory) / "heads")
         self.heads = {role: self._load_head(role) for role in ROLES}
         self._recent: OrderedDict[str, Answer] = OrderedDict()
@@ -186,8 +194,11 @@ class Personalizer:
         directory = _resolve_user_dir(user, root)
         store = HistoryStore.at(directory, encoder=encoder)
         try:
-            client = llm if isinstance(llm, LLMClient) or llm is None else _client_for(
-                llm, directory, outbox=outbox, cache=cache)
+            client = (
+                llm
+                if isinstance(llm, LLMClient) or llm is None
+                else _client_for(llm, directory, outbox=outbox, cache=cache)
+            )
             p = cls(store, bundle=bundle, encoder=encoder, llm=client, task=task, **options)
             p._owns_cache = not isinstance(llm, LLMClient)
             return p
@@ -231,8 +242,9 @@ class Personalizer:
         """Reranker scores (shared base + this user's head) of items for a query."""
         return self.heads["reranker"].scores(self.bases["reranker"].hidden_of(query_vec, item_vecs))
 
-    def adapter_scores(self, query_vec: np.ndarray, cand_vecs: np.ndarray,
-                       preference: np.ndarray) -> np.ndarray:
+    def adapter_scores(
+        self, query_vec: np.ndarray, cand_vecs: np.ndarray, preference: np.ndarray
+    ) -> np.ndarray:
         """Adapter scores (shared base + this user's head) of candidates for a query.
 
         Args:
@@ -264,9 +276,13 @@ class Personalizer:
             raise InvalidInputError("the query must be a non-empty string")
         qvec = self.encoder.encode_one(query)
         items = self.rerank(query, qvec)
-        return Prepared(query, qvec, items, self.task.render_prompt(query, [it.record for it in items]))
+        return Prepared(
+            query, qvec, items, self.task.render_prompt(query, [it.record for it in items])
+        )
 
-    def choose(self, prepared: Prepared, texts: Sequence[str], *, simulated: bool = False) -> Answer:
+    def choose(
+        self, prepared: Prepared, texts: Sequence[str], *, simulated: bool = False
+    ) -> Answer:
         """The device's work after the LLM call: score the candidates with the adapter, pick one.
 
         Args:
@@ -278,8 +294,14 @@ class Personalizer:
         if not candidates:
             raise LLMResponseError("the LLM returned no candidate text to choose from")
         best = _pick(candidates)
-        answer = Answer(answer=best.answer, text=best.text, prompt=prepared.prompt,
-                        candidates=candidates, items=prepared.items, simulated=simulated)
+        answer = Answer(
+            answer=best.answer,
+            text=best.text,
+            prompt=prepared.prompt,
+            candidates=candidates,
+            items=prepared.items,
+            simulated=simulated,
+        )
         self._remember(prepared.query, answer)
         return answer
 
@@ -298,13 +320,20 @@ class Personalizer:
         prepared = self.prepare(query)
         t1 = time.perf_counter()
         completion = self._llm().complete(
-            prepared.prompt, n=self.n, temperature=self.temperature, max_tokens=self.max_tokens,
-            seed=query_seed(query, self.seed))
+            prepared.prompt,
+            n=self.n,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=query_seed(query, self.seed),
+        )
         t2 = time.perf_counter()
         answer = self.choose(prepared, completion.texts, simulated=completion.simulated)
         t3 = time.perf_counter()
-        answer.timings_ms = {"prepare": (t1 - t0) * 1e3, "llm": (t2 - t1) * 1e3,
-                             "choose": (t3 - t2) * 1e3}
+        answer.timings_ms = {
+            "prepare": (t1 - t0) * 1e3,
+            "llm": (t2 - t1) * 1e3,
+            "choose": (t3 - t2) * 1e3,
+        }
         return answer
 
     def _score_candidates(self, qvec: np.ndarray, texts: Sequence[str]) -> list[Candidate]:
@@ -312,8 +341,10 @@ class Personalizer:
         if not unique:
             return []
         scores = self.adapter_scores(qvec, self.encoder.encode(unique), preference)
-        cands = [Candidate(t, self.task.parse(t), float(s), float(p))
-                 for t, s, p in zip(unique, scores, preference)]
+        cands = [
+            Candidate(t, self.task.parse(t), float(s), float(p))
+            for t, s, p in zip(unique, scores, preference)
+        ]
         return sorted(cands, key=lambda c: -c.score)  # stable: ties keep the LLM's order
 
     # ------------------------------------------------------------------ fit / feedback
@@ -326,17 +357,30 @@ class Personalizer:
             **label_options: Passed to :class:`Labeler` (e.g. ``items_per_query``).
         """
         t0 = time.perf_counter()
-        labeler = Labeler(self.store, self.task, self._llm(), budget=budget, m=self.m,
-                          n_candidates=self.n, temperature=self.temperature,
-                          max_tokens=self.max_tokens, seed=self.seed, progress=progress,
-                          **label_options)
+        labeler = Labeler(
+            self.store,
+            self.task,
+            self._llm(),
+            budget=budget,
+            m=self.m,
+            n_candidates=self.n,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            progress=progress,
+            **label_options,
+        )
         reports: dict[str, FitReport | None] = {}
         reranker = labeler.reranker_labels()
         reports["reranker"] = self._fit_role("reranker", reranker, init=self.base_heads["reranker"])
         adapter = labeler.adapter_labels(self.rerank_scores, self.encoder.encode)
         reports["adapter"] = self._fit_role("adapter", adapter, init=self.base_heads["adapter"])
-        return FitSummary(labeler.summary(reranker, adapter), reports,
-                          {r: self.heads[r].nbytes for r in ROLES}, time.perf_counter() - t0)
+        return FitSummary(
+            labeler.summary(reranker, adapter),
+            reports,
+            {r: self.heads[r].nbytes for r in ROLES},
+            time.perf_counter() - t0,
+        )
 
     def feedback(self, query: str, answer: str) -> None:
         """Learn from the answer the user accepted or wrote, without calling the LLM.
@@ -358,31 +402,44 @@ class Personalizer:
         others = [c for c in last.candidates if c.text.strip() != answer.strip()]
         prefs = [c.llm_preference for c in last.candidates]
         # An edited answer the LLM never proposed gets the candidates' mean preference.
-        mine = next((c.llm_preference for c in last.candidates if c.text.strip() == answer.strip()),
-                    float(np.mean(prefs)) if prefs else 0.0)
+        mine = next(
+            (c.llm_preference for c in last.candidates if c.text.strip() == answer.strip()),
+            float(np.mean(prefs)) if prefs else 0.0,
+        )
         adapter = PairSet()
-        adapter.add(qvec, self.encoder.encode([answer, *(c.text for c in others)]),
-                    [1] + [0] * len(others),
-                    np.array([mine, *(c.llm_preference for c in others)], dtype=np.float32))
+        adapter.add(
+            qvec,
+            self.encoder.encode([answer, *(c.text for c in others)]),
+            [1] + [0] * len(others),
+            np.array([mine, *(c.llm_preference for c in others)], dtype=np.float32),
+        )
         reranker = PairSet()
         if last.items:
-            reranker.add(qvec, self.store.vectors([it.record.id for it in last.items]),
-                         _agreement(self.task, [it.record for it in last.items], answer))
+            reranker.add(
+                qvec,
+                self.store.vectors([it.record.id for it in last.items]),
+                _agreement(self.task, [it.record for it in last.items], answer),
+            )
         for role, pairs in (("reranker", reranker), ("adapter", adapter)):
             self._fit_role(role, pairs, init=self.heads[role], epochs=5, lr=1e-3)
 
-    def _fit_role(self, role: str, pairs: PairSet, *, init: Head, **fit_options: Any) -> FitReport | None:
+    def _fit_role(
+        self, role: str, pairs: PairSet, *, init: Head, **fit_options: Any
+    ) -> FitReport | None:
         if pairs.n_pairs == 0 or pairs.n_positive in (0, pairs.n_pairs):
             return None  # nothing to learn from: one class only
         base = self.bases[role]
-        H = np.concatenate([base.hidden_of(q, D, a)
-                            for q, D, a in zip(pairs.queries, pairs.docs, pairs.anchors)])
+        H = np.concatenate(
+            [base.hidden_of(q, D, a) for q, D, a in zip(pairs.queries, pairs.docs, pairs.anchors)]
+        )
         y = np.concatenate(pairs.labels)
-        head, report = fit_head(H, y, init=init, prior=self.base_heads[role], seed=self.seed,
-                                **fit_options)
+        head, report = fit_head(
+            H, y, init=init, prior=self.base_heads[role], seed=self.seed, **fit_options
+        )
         self.heads[role] = head
-        head.save(self.heads_dir / f"{role}.npz", bundle_fingerprint=self.bundle.fingerprint,
-                  role=role)
+        head.save(
+            self.heads_dir / f"{role}.npz", bundle_fingerprint=self.bundle.fingerprint, role=role
+        )
         return report
 
     # ------------------------------------------------------------------ forget
@@ -408,7 +465,8 @@ class Personalizer:
             raise HeadError(
                 f"the saved {role} head has rank {head.rank}, this personalizer was opened with "
                 f"head_rank={self.base_heads[role].rank}; refit with `hydrahead fit` or reopen "
-                "with the same head_rank")
+                "with the same head_rank"
+            )
         return head
 
     def _remember(self, query: str, answer: Answer, size: int = 64) -> None:
@@ -425,8 +483,9 @@ def _resolve_user_dir(user: str | os.PathLike[str], root: str | os.PathLike[str]
     return user_dir(user, root)
 
 
-def _client_for(config: LLMConfig, directory: Path, *, outbox: bool = True,
-                cache: bool = True) -> LLMClient:
+def _client_for(
+    config: LLMConfig, directory: Path, *, outbox: bool = True, cache: bool = True
+) -> LLMClient:
     return LLMClient(
         config,
         cache=ResponseCache(directory / "llm_cache.sqlite") if cache else None,

@@ -1,4 +1,4 @@
-"""The bundle's shared reranker/adapter bases: untrained, they rank exactly like dense retrieval."""
+"""The bundle's shared reranker/adapter bases: untrained, the base head ranks by feature 0."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def test_untrained_base_head_ranks_by_cosine(bundle_dir: Path, role: str) -> Non
         docs = np.delete(vecs, i, axis=0)
         scores = base.head.scores(base.hidden_of(q, docs))
         cosine = docs @ q
-        assert np.array_equal(np.argsort(-scores, kind="stable"), np.argsort(-cosine, kind="stable"))
+        assert np.array_equal(
+            np.argsort(-scores, kind="stable"), np.argsort(-cosine, kind="stable")
+        )
 
 
 def test_adapter_anchor_replaces_the_cosine(bundle_dir: Path) -> None:

@@ -24,8 +24,9 @@ def run(tmp_path: Path, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch):
     home = tmp_path / "home"
 
     def invoke(*args: str, ok: bool = True, input: str | None = None):
-        result = CliRunner().invoke(cli, ["--home", str(home), "--bundle", str(bundle_dir), *args],
-                                    input=input)
+        result = CliRunner().invoke(
+            cli, ["--home", str(home), "--bundle", str(bundle_dir), *args], input=input
+        )
         if ok:
             assert result.exit_code == 0, result.output
         return result
@@ -54,9 +55,23 @@ def test_import_search_fit_ask_outbox_forget(run, history_jsonl: Path) -> None:
     ask = run("ask", "bob", "Fix zsh completion of subcommands", "--offline", "--json")
     payload = json.loads(ask.stdout)
     assert payload["simulated"] is True
-    assert payload["answer"] in {"tests", "doc", "gitk", "completion", "config", "git-gui",
-                                 "gitweb", "git-svn", "Makefile", "refs", "diff", "i18n",
-                                 "git-p4", "merge-recursive", "sequencer"}
+    assert payload["answer"] in {
+        "tests",
+        "doc",
+        "gitk",
+        "completion",
+        "config",
+        "git-gui",
+        "gitweb",
+        "git-svn",
+        "Makefile",
+        "refs",
+        "diff",
+        "i18n",
+        "git-p4",
+        "merge-recursive",
+        "sequencer",
+    }
     assert len(payload["items"]) == 4
     assert payload["prompt"].endswith("Answer:")
 
@@ -70,14 +85,30 @@ def test_import_search_fit_ask_outbox_forget(run, history_jsonl: Path) -> None:
 
 def test_import_lamp_questions_file(run, tmp_path: Path) -> None:
     questions = [
-        {"id": "q1", "user_id": "u1", "input": "Which area tag does this commit relate to? "
-         "commit: fix the test", "profile": [{"id": "p1", "text": "fix tests", "tag": "tests"},
-                                             {"id": "p2", "text": "docs typo", "tag": "doc"}]},
-        {"id": "q2", "user_id": "u1", "input": "commit: more", "profile": [
-            {"id": "p2", "text": "docs typo", "tag": "doc"},
-            {"id": "p3", "text": "gitk font", "tag": "gitk"}]},
-        {"id": "q3", "user_id": "u2", "input": "commit: x", "profile": [
-            {"id": "p9", "text": "other author", "tag": "refs"}]},
+        {
+            "id": "q1",
+            "user_id": "u1",
+            "input": "Which area tag does this commit relate to? commit: fix the test",
+            "profile": [
+                {"id": "p1", "text": "fix tests", "tag": "tests"},
+                {"id": "p2", "text": "docs typo", "tag": "doc"},
+            ],
+        },
+        {
+            "id": "q2",
+            "user_id": "u1",
+            "input": "commit: more",
+            "profile": [
+                {"id": "p2", "text": "docs typo", "tag": "doc"},
+                {"id": "p3", "text": "gitk font", "tag": "gitk"},
+            ],
+        },
+        {
+            "id": "q3",
+            "user_id": "u2",
+            "input": "commit: x",
+            "profile": [{"id": "p9", "text": "other author", "tag": "refs"}],
+        },
     ]
     path = tmp_path / "dev_questions.json"
     path.write_text(json.dumps(questions))
@@ -85,8 +116,9 @@ def test_import_lamp_questions_file(run, tmp_path: Path) -> None:
     assert "imported 3 records" in out  # p1, p2, p3; u2's profile is not imported
     again = run("user", "import", "me", str(path), "--task", "GIT_area", "--lamp-user", "u1")
     assert "imported 3 records" in again.output  # idempotent: upserts, no duplicates
-    bad = run("user", "import", "me", str(path), "--task", "GIT_area", "--lamp-user", "nobody",
-              ok=False)
+    bad = run(
+        "user", "import", "me", str(path), "--task", "GIT_area", "--lamp-user", "nobody", ok=False
+    )
     assert bad.exit_code != 0 and "no questions of LaMP user 'nobody'" in bad.output
 
 
@@ -122,14 +154,25 @@ def test_serve_offline_serves_http(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hydrahead.cli", "llm", "serve-offline", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                r = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=2,
-                                  json={"model": "x", "n": 2, "temperature": 1.0,
-                                        "messages": [{"role": "user", "content": "Hello there"}]})
+                r = requests.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    timeout=2,
+                    json={
+                        "model": "x",
+                        "n": 2,
+                        "temperature": 1.0,
+                        "messages": [{"role": "user", "content": "Hello there"}],
+                    },
+                )
                 break
             except requests.ConnectionError:
                 assert proc.poll() is None, proc.stdout.read()

@@ -13,7 +13,7 @@ from hydrahead.export import bundle as export_bundle
 from hydrahead.export.bundle import _move_into_place, build_bundle, export_fp32_onnx
 from hydrahead.export.quality import check_quality
 from hydrahead.export.quality_sentences import QUALITY_SENTENCES
-from hydrahead.runtime.bundle import MANIFEST_NAME, Bundle
+from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.errors import ExportError, InvalidInputError
 

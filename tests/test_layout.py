@@ -11,13 +11,8 @@ HEAVY = ("torch", "transformers", "optimum")
 
 
 def _loaded_after(code: str) -> list[str]:
-    probe = (
-        f"{code}\nimport sys\n"
-        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return out.stdout.split()
 
 
@@ -26,7 +21,8 @@ def test_runtime_imports_no_torch_or_transformers() -> None:
     from pathlib import Path
 
     modules = sorted(
-        "hydrahead.runtime." + ".".join(p.relative_to(Path(rt.__file__).parent).with_suffix("").parts)
+        "hydrahead.runtime."
+        + ".".join(p.relative_to(Path(rt.__file__).parent).with_suffix("").parts)
         for p in Path(rt.__file__).parent.rglob("*.py")
         if p.name != "__init__.py"
     )

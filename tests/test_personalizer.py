@@ -50,8 +50,9 @@ def user() -> dict:
 
 def _open(tmp_path: Path, bundle: Bundle, encoder: Encoder, url: str, **kw) -> Personalizer:
     config = LLMConfig.from_env(base_url=url, **kw.pop("llm_options", {}))
-    return Personalizer.open("alice", bundle=bundle, encoder=encoder, task="GIT_area",
-                             llm=config, root=tmp_path, **kw)
+    return Personalizer.open(
+        "alice", bundle=bundle, encoder=encoder, task="GIT_area", llm=config, root=tmp_path, **kw
+    )
 
 
 def test_cold_start_answers_with_base_heads_and_no_examples(tmp_path, bundle, encoder, server):
@@ -72,7 +73,8 @@ def test_ask_sends_exactly_the_reranked_items(tmp_path, bundle, encoder, server,
         a = p.ask(user["queries"][0]["query"])
     assert len(a.items) == 3
     assert [it.rerank_score for it in a.items] == sorted(
-        (it.rerank_score for it in a.items), reverse=True)
+        (it.rerank_score for it in a.items), reverse=True
+    )
     body = server.captured[-1].json()
     assert body["messages"] == [{"role": "user", "content": a.prompt}]
     assert body["n"] == 8
@@ -83,8 +85,9 @@ def test_ask_sends_exactly_the_reranked_items(tmp_path, bundle, encoder, server,
     assert a.timings_ms["llm"] >= 0 and a.local_ms > 0
 
 
-def test_fit_saves_stamped_heads_and_a_refit_costs_no_requests(tmp_path, bundle, encoder, server,
-                                                               user):
+def test_fit_saves_stamped_heads_and_a_refit_costs_no_requests(
+    tmp_path, bundle, encoder, server, user
+):
     with _open(tmp_path, bundle, encoder, server.url) as p:
         import_records(p.store, p.task, user["history"])
         s = p.fit(budget=40, progress=False)
@@ -121,9 +124,14 @@ def test_fitted_reranker_prefers_the_users_helpful_history(tmp_path, bundle, enc
             import_records(p.store, p.task, u["history"])
 
             def precision() -> float:
-                return float(np.mean([
-                    np.mean([is_helpful(it.record.id) for it in p.rerank(q["query"])])
-                    for q in u["queries"]]))
+                return float(
+                    np.mean(
+                        [
+                            np.mean([is_helpful(it.record.id) for it in p.rerank(q["query"])])
+                            for q in u["queries"]
+                        ]
+                    )
+                )
 
             before = precision()
             p.fit(budget=150, progress=False)
@@ -133,7 +141,9 @@ def test_fitted_reranker_prefers_the_users_helpful_history(tmp_path, bundle, enc
     assert np.mean(gains) >= 0.15, gains
 
 
-def test_feedback_moves_the_adapter_toward_the_users_answer(tmp_path, bundle, encoder, server, user):
+def test_feedback_moves_the_adapter_toward_the_users_answer(
+    tmp_path, bundle, encoder, server, user
+):
     with _open(tmp_path, bundle, encoder, server.url) as p:
         import_records(p.store, p.task, user["history"])
         query = user["queries"][0]["query"]
@@ -165,20 +175,30 @@ def test_bad_input_and_errors_keep_the_store_intact(tmp_path, bundle, encoder, s
             p.add([{"id": "x", "text": ""}])
         assert p.store.count() == n
     with pytest.raises(TaskError, match="GIT_area"):
-        Personalizer.open("alice", bundle=bundle, encoder=encoder, task="no-such-task",
-                          root=tmp_path)
+        Personalizer.open(
+            "alice", bundle=bundle, encoder=encoder, task="no-such-task", root=tmp_path
+        )
     with pytest.raises(InvalidInputError):
-        Personalizer.open("alice", bundle=bundle, encoder=encoder, task="GIT_area",
-                          root=tmp_path, k=2, m=5)
+        Personalizer.open(
+            "alice", bundle=bundle, encoder=encoder, task="GIT_area", root=tmp_path, k=2, m=5
+        )
     with _open(tmp_path, bundle, encoder, server.url) as p:
         assert p.store.count() == n
 
 
-@pytest.mark.parametrize("behaviour, expect", [
-    ("garbage", "answer"), ("empty", "error"), ("fewer", "answer"), ("500", "error"),
-    ("hang", "error")])
-def test_llm_failures_end_in_an_answer_or_a_clear_error(tmp_path, bundle, encoder, user,
-                                                        behaviour, expect):
+@pytest.mark.parametrize(
+    "behaviour, expect",
+    [
+        ("garbage", "answer"),
+        ("empty", "error"),
+        ("fewer", "answer"),
+        ("500", "error"),
+        ("hang", "error"),
+    ],
+)
+def test_llm_failures_end_in_an_answer_or_a_clear_error(
+    tmp_path, bundle, encoder, user, behaviour, expect
+):
     replies = {
         "garbage": chat_reply(["%%% not a tag at all", "tests"]),
         "empty": chat_reply([]),
@@ -187,8 +207,9 @@ def test_llm_failures_end_in_an_answer_or_a_clear_error(tmp_path, bundle, encode
         "hang": Reply(200, body=b"{}", delay=2.0),
     }
     with FaultServer(default=replies[behaviour]) as fault:
-        with _open(tmp_path, bundle, encoder, fault.url,
-                   llm_options=dict(FAST_RETRY, max_extra_calls=1)) as p:
+        with _open(
+            tmp_path, bundle, encoder, fault.url, llm_options=dict(FAST_RETRY, max_extra_calls=1)
+        ) as p:
             import_records(p.store, p.task, user["history"])
             n = p.store.count()
             if expect == "answer":
@@ -203,8 +224,9 @@ def test_llm_failures_end_in_an_answer_or_a_clear_error(tmp_path, bundle, encode
 
 def test_heads_of_another_bundle_are_refused(tmp_path, bundle, encoder, server):
     with _open(tmp_path, bundle, encoder, server.url) as p:
-        p.heads["reranker"].save(p.heads_dir / "reranker.npz",
-                                 bundle_fingerprint="0" * 64, role="reranker")
+        p.heads["reranker"].save(
+            p.heads_dir / "reranker.npz", bundle_fingerprint="0" * 64, role="reranker"
+        )
     with pytest.raises(HeadError, match="refit"):
         _open(tmp_path, bundle, encoder, server.url)
 
@@ -232,15 +254,20 @@ def test_low_rank_heads_are_smaller_and_keep_their_rank(tmp_path, bundle, encode
         _open(tmp_path, bundle, encoder, server.url)
 
 
-@pytest.mark.parametrize("texts, expected", [
-    (["doc", "tests", "doc", "gitk"], "doc"),      # the most frequent sample
-    (["gitk", "doc", "tests", "refs"], "gitk"),    # all distinct: the first sample
-])
-def test_cold_start_adapter_picks_the_llms_favourite(tmp_path, bundle, encoder, user, texts,
-                                                     expected):
+@pytest.mark.parametrize(
+    "texts, expected",
+    [
+        (["doc", "tests", "doc", "gitk"], "doc"),  # the most frequent sample
+        (["gitk", "doc", "tests", "refs"], "gitk"),  # all distinct: the first sample
+    ],
+)
+def test_cold_start_adapter_picks_the_llms_favourite(
+    tmp_path, bundle, encoder, user, texts, expected
+):
     with FaultServer(default=chat_reply(texts)) as fault:
-        with _open(tmp_path, bundle, encoder, fault.url,
-                   llm_options=dict(FAST_RETRY, max_extra_calls=0)) as p:
+        with _open(
+            tmp_path, bundle, encoder, fault.url, llm_options=dict(FAST_RETRY, max_extra_calls=0)
+        ) as p:
             import_records(p.store, p.task, user["history"])
             a = p.ask(user["queries"][0]["query"])
     assert a.answer == expected

@@ -30,13 +30,21 @@ M = 3
 
 def test_only_reranked_records_leave_the_device(tmp_path: Path, bundle_dir: Path) -> None:
     user = make_user(7)
-    history = [dict(h, text=f"{h['text']} Ref HHREF{i:04d}.") for i, h in enumerate(user["history"])]
+    history = [
+        dict(h, text=f"{h['text']} Ref HHREF{i:04d}.") for i, h in enumerate(user["history"])
+    ]
     all_marks = {f"{i:04d}" for i in range(len(history))}
     asked = {}
     with OfflineLLMServer() as server:
-        with Personalizer.open("carol", bundle=Bundle.open(bundle_dir), task="GIT_area",
-                               llm=LLMConfig.from_env(base_url=server.url), root=tmp_path,
-                               m=M, k=10) as p:
+        with Personalizer.open(
+            "carol",
+            bundle=Bundle.open(bundle_dir),
+            task="GIT_area",
+            llm=LLMConfig.from_env(base_url=server.url),
+            root=tmp_path,
+            m=M,
+            k=10,
+        ) as p:
             import_records(p.store, p.task, history)
             p.fit(budget=60, progress=False)
             n_fit = len(server.captured)
