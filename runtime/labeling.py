@@ -145,6 +145,7 @@ class Labeler:
         self.progress = progress
         self.queries = self._choose_queries(budget // (items_per_query + 1))
         self._counter = _Counter()
+        self._retrieved: dict[str, tuple[np.ndarray, list[Hit]]] = {}
 
     def _choose_queries(self, n: int) -> list[Record]:
         # Only records with a gold answer can be queries (LaMP-1/LaMP-7 items carry none).
@@ -159,8 +160,12 @@ class Labeler:
         return [records[i] for i in sorted(rng.choice(len(records), n, replace=False))]
 
     def _retrieve(self, record: Record) -> tuple[np.ndarray, list[Hit]]:
-        qvec = self.store.vectors([record.id])[0]
-        return qvec, self.store.search(qvec, k=self.items_per_query, filter=_not(record.id))
+        """The query record's vector and its retrieved records (searched once, for both heads)."""
+        if record.id not in self._retrieved:
+            qvec = self.store.vectors([record.id])[0]
+            hits = self.store.search(qvec, k=self.items_per_query, filter=_not(record.id))
+            self._retrieved[record.id] = (qvec, hits)
+        return self._retrieved[record.id]
 
     def reranker_labels(self) -> PairSet:
         """One call per retrieved record, with only that record in the prompt."""
@@ -186,7 +191,9 @@ class Labeler:
             ]
             if hits:
                 pairs.add(
-                    qvec, np.stack([h.vector for h in hits]), _judge_items(self.task, outputs, gold)
+                    qvec,
+                    np.stack([h.vector for h in hits]),
+                    label_by_answer(self.task, outputs, gold),
                 )
         return pairs
 
@@ -234,8 +241,14 @@ def _not(record_id: str) -> Callable[[Record], bool]:
     return lambda r: r.id != record_id
 
 
-def _judge_items(task: Task, outputs: Sequence[str], gold: str) -> list[int]:
-    """Reranker labels of one query's retrieved records, from the one-record answers."""
+def label_by_answer(task: Task, outputs: Sequence[str], gold: str) -> list[int]:
+    """1 for each output that agrees with ``gold``, else 0.
+
+    Classification / rating: the parsed output is right. Generation: its (ROUGE-1 + ROUGE-L) / 2
+    against ``gold`` beats the mean over ``outputs``. Used for the reranker's labels (the LLM's
+    one-record answers against the gold) and for feedback (the prompt records' own answers
+    against the user's answer).
+    """
     if task.kind == "generation":
         scores = np.array([task.rouge(o, gold) for o in outputs])
         return [int(s > scores.mean()) for s in scores]

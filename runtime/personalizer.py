@@ -29,13 +29,13 @@ from .candidates import llm_preference
 from .encoder import Encoder
 from .errors import HeadError, InvalidInputError, LLMResponseError
 from .heads import FitReport, Head, fit_head
-from .labeling import Labeler, LabelSet, PairSet, query_seed
+from .labeling import Labeler, LabelSet, PairSet, label_by_answer, query_seed
 from .llm.cache import ResponseCache
 from .llm.client import LLMClient
 from .llm.config import LLMConfig
 from .llm.outbox import Outbox
 from .pair_base import PairBase
-from .paths import make_private_dir, user_dir, validate_user_id
+from .paths import make_private_dir
 from .records import Hit, Record
 from .store import HistoryStore
 from .tasks import Task, get_task
@@ -191,8 +191,8 @@ class Personalizer:
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         task = task if isinstance(task, Task) else get_task(task)
         encoder = encoder or Encoder(bundle)
-        directory = _resolve_user_dir(user, root)
-        store = HistoryStore.at(directory, encoder=encoder)
+        store = HistoryStore(user, encoder=encoder, root=root)  # a str is a user id, a Path a dir
+        directory = store.directory
         try:
             client = (
                 llm
@@ -418,7 +418,9 @@ class Personalizer:
             reranker.add(
                 qvec,
                 self.store.vectors([it.record.id for it in last.items]),
-                _agreement(self.task, [it.record for it in last.items], answer),
+                label_by_answer(
+                    self.task, [self.task.answer_of(it.record) for it in last.items], answer
+                ),
             )
         for role, pairs in (("reranker", reranker), ("adapter", adapter)):
             self._fit_role(role, pairs, init=self.heads[role], epochs=5, lr=1e-3)
@@ -476,13 +478,6 @@ class Personalizer:
             self._recent.popitem(last=False)
 
 
-def _resolve_user_dir(user: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> Path:
-    if isinstance(user, os.PathLike):
-        return make_private_dir(user)
-    validate_user_id(user)
-    return user_dir(user, root)
-
-
 def _client_for(
     config: LLMConfig, directory: Path, *, outbox: bool = True, cache: bool = True
 ) -> LLMClient:
@@ -497,12 +492,3 @@ def _pick(candidates: Sequence[Candidate]) -> Candidate:
     """The adapter's choice: the best-scored candidate whose text parses to an answer."""
     parsed = [c for c in candidates if c.answer is not None]
     return max(parsed or candidates, key=lambda c: c.score)
-
-
-def _agreement(task: Task, records: Sequence[Record], answer: str) -> list[int]:
-    """Which prompt records agree with the user's answer (reranker feedback labels)."""
-    if task.kind == "generation":
-        scores = np.array([task.rouge(task.answer_of(r), answer) for r in records])
-        return [int(s > scores.mean()) for s in scores]
-    parsed = task.parse(answer)
-    return [int(task.is_correct(parsed, task.answer_of(r))) for r in records]

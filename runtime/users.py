@@ -37,7 +37,7 @@ def resolve_task(user_id: str, task: str | None, root: str | os.PathLike[str] | 
     """
     if task:
         return task
-    path = data_root(root) / "users" / validate_user_id(user_id) / USER_CONFIG
+    path = user_path(user_id, root) / USER_CONFIG
     try:
         return str(json.loads(path.read_text("utf-8"))["task"])
     except (OSError, ValueError, KeyError):
@@ -49,7 +49,7 @@ def resolve_task(user_id: str, task: str | None, root: str | os.PathLike[str] | 
 
 def forget_user(user_id: str, root: str | os.PathLike[str] | None = None) -> bool:
     """Delete everything stored for ``user_id``. Returns whether there was anything."""
-    path = data_root(root) / "users" / validate_user_id(user_id)
+    path = user_path(user_id, root)
     if not path.exists():
         return False
     shutil.rmtree(path)
