@@ -25,8 +25,9 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -277,23 +278,35 @@ def fit_head(
     seed: int = 0,
     sample_weight: np.ndarray | None = None,
     balance_classes: bool = True,
+    groups: np.ndarray | None = None,
 ) -> tuple[Head, FitReport]:
     """Fit a head to labelled pairs, starting from ``init``.
 
-    The loss is binary cross-entropy on the two-logit softmax plus
-    ``l2_to_prior / 2 * ||theta - theta_prior||^2`` over all parameters, minimised with
-    mini-batch Adam. A new user starts from the shared base head (``init=base.head``,
-    ``prior=base.head``); a feedback update starts from the user's current head with a few
-    epochs and a small ``lr``, and works from a single pair on.
+    Two losses, both on the head's margin ``d = logit[1] - logit[0]`` (the score is
+    ``sigmoid(d)``), plus ``l2_to_prior / 2 * ||theta - theta_prior||^2`` over all parameters,
+    minimised with mini-batch Adam:
 
-    Validation: with at least 10 pairs and ``val_fraction > 0``, a stratified ``val_fraction``
-    of the pairs is held out (each class keeps at least one training pair). After every epoch
-    the held-out loss is measured; training stops after ``patience`` epochs without
-    improvement and the parameters with the best held-out loss are returned, counting the
-    initial head as epoch 0 so a fit never returns something worse on held-out pairs than it
-    started from. With fewer pairs all of them train and the last epoch is returned.
+    * **pointwise** (default): the cross-entropy of ``sigmoid(d)`` against each pair's label,
+      as HYDRA trains its heads;
+    * **listwise** (with ``groups``): pairs sharing a group id are the candidates of one query,
+      and the loss is the cross-entropy between ``softmax(d)`` over the group and the group's
+      labels normalised to sum to 1 (ListNet): exactly what picking one candidate per query
+      needs. Groups whose labels are all equal say nothing about which candidate to prefer and
+      are left out; every other group weighs the same, and mini-batches hold whole groups.
 
-    Class imbalance: with ``balance_classes`` each pair is weighted by
+    A new user starts from the shared base head (``init=base.head``, ``prior=base.head``); a
+    feedback update starts from the user's current head with a few epochs and a small ``lr``,
+    and works from a single pair on.
+
+    Validation: with at least 10 units (pairs; listwise: groups) and ``val_fraction > 0``, a
+    ``val_fraction`` of the units is held out (pointwise: stratified, each class keeping at
+    least one training pair). After every epoch the held-out loss is measured; training stops
+    after ``patience`` epochs without improvement and the parameters with the best held-out
+    loss are returned, counting the initial head as epoch 0 so a fit never returns something
+    worse on held-out data than it started from. With fewer units all of them train and the
+    last epoch is returned.
+
+    Class imbalance (pointwise): with ``balance_classes`` each pair is weighted by
     ``n / (2 * n_class)`` of its class (sklearn's "balanced"), so both classes weigh the same
     in the loss whatever their counts; weights are multiplied by ``sample_weight`` if given
     and rescaled to mean 1.
@@ -305,26 +318,29 @@ def fit_head(
 
     Args:
         H: (n, hidden) hidden features of the pairs.
-        y: (n,) labels, 0 or 1 (bool, int or float).
+        y: (n,) labels in [0, 1]: 0 or 1, or graded (soft) targets such as a normalised
+            ROUGE.
         init: Head to start from (its form, full or low-rank, is kept).
         prior: Head whose parameters the L2 term pulls toward (same form and shapes as
             ``init``); None means ``init``.
         l2_to_prior: Strength of the pull; 0 disables it.
         epochs: Maximum number of passes over the training split.
-        batch_size: Pairs per Adam step.
+        batch_size: Pairs per Adam step (listwise: whole groups up to about this many pairs).
         lr: Adam step size.
-        val_fraction: Share of pairs held out for early stopping (0 to train on all).
+        val_fraction: Share of units held out for early stopping (0 to train on all).
         patience: Epochs without held-out improvement before stopping.
         seed: Seeds the split and the shuffling.
-        sample_weight: Optional (n,) non-negative weights per pair.
-        balance_classes: Weight the classes equally (see above).
+        sample_weight: Optional (n,) non-negative weights per pair (pointwise only).
+        balance_classes: Weight the classes equally (see above; pointwise only).
+        groups: Optional (n,) group ids (any sortable values): fit listwise.
 
     Returns:
         The fitted head (float32) and a :class:`FitReport`.
 
     Raises:
-        InvalidInputError: on shape mismatches, non-binary labels, NaN/inf, bad weights,
-            a prior of another form than ``init``, or out-of-range hyperparameters.
+        InvalidInputError: on shape mismatches, labels outside [0, 1], NaN/inf, bad weights,
+            listwise data without a group of unequal labels, a prior of another form than
+            ``init``, or out-of-range hyperparameters.
     """
     started = time.perf_counter()
     if not isinstance(init, Head):
@@ -339,14 +355,11 @@ def fit_head(
         )
     H, y, weight = _checked_data(H, y, sample_weight, init.hidden)
     _check_hyperparameters(l2_to_prior, epochs, batch_size, lr, val_fraction, patience)
-
     rng = np.random.default_rng(seed)
-    train_idx, val_idx = _stratified_split(y, val_fraction, rng)
-    H_tr, y_tr = H[train_idx], y[train_idx]
-    w_tr = _pair_weights(y_tr, weight[train_idx], balance_classes)
-    if val_idx.size:
-        H_val, y_val = H[val_idx], y[val_idx]
-        w_val = _pair_weights(y_val, weight[val_idx], balance_classes)
+    if groups is None:
+        objective: _Objective = _Pointwise(H, y, weight, balance_classes, val_fraction, rng)
+    else:
+        objective = _Listwise(H, y, groups, val_fraction, rng)
 
     names = list(init._params)
     theta, views = _flat(init._params, names)
@@ -357,27 +370,23 @@ def fit_head(
 
     best_theta = theta.copy()
     best_epoch, best_val = 0, None
-    if val_idx.size:
-        best_val = _loss(views, H_val, y_val, w_val)
+    if objective.has_validation:
+        best_val = objective.val_loss(views)
     epochs_run, stale = 0, 0
-    n_tr = y_tr.size
     for epoch in range(1, epochs + 1):
         epochs_run = epoch
-        order = rng.permutation(n_tr)
-        H_ep, y_ep, w_ep = H_tr[order], y_tr[order], w_tr[order]
-        for start in range(0, n_tr, batch_size):
-            stop = start + batch_size
-            _gradient(views, grad_views, H_ep[start:stop], y_ep[start:stop], w_ep[start:stop])
+        for batch in objective.batches(batch_size, rng):
+            _gradient(views, grad_views, batch)
             if l2_to_prior:
                 np.subtract(theta, prior_theta, out=pull)
                 pull *= l2_to_prior
                 grad += pull
             adam.step(theta, grad)
-        if not val_idx.size:  # nothing held out: keep the last epoch
+        if not objective.has_validation:  # nothing held out: keep the last epoch
             best_theta[:] = theta
             best_epoch = epoch
             continue
-        val = _loss(views, H_val, y_val, w_val)
+        val = objective.val_loss(views)
         if val < best_val - _MIN_IMPROVEMENT:
             best_theta[:] = theta
             best_epoch, best_val, stale = epoch, val, 0
@@ -387,18 +396,145 @@ def fit_head(
                 break
 
     theta[:] = best_theta
-    train_loss = _loss(views, H_tr, y_tr, w_tr)
     head = Head.from_params({k: views[k].astype(np.float32) for k in names})
     report = FitReport(
         epochs=epochs_run,
         best_epoch=best_epoch,
         best_val_loss=None if best_val is None else float(best_val),
-        train_loss=float(train_loss),
-        n_train=int(n_tr),
-        n_val=int(val_idx.size),
+        train_loss=float(objective.train_loss(views)),
+        n_train=objective.n_train,
+        n_val=objective.n_val,
         seconds=time.perf_counter() - started,
     )
     return head, report
+
+
+# ---------------------------------------------------------------------- objectives
+@dataclass
+class _Batch:
+    """Rows of one Adam step and how to turn their margins into d loss / d margin."""
+
+    H: np.ndarray
+    dloss: Callable[[np.ndarray], np.ndarray]
+
+
+class _Objective(Protocol):
+    has_validation: bool
+    n_train: int
+    n_val: int
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[_Batch]: ...
+
+    def val_loss(self, p: Mapping[str, np.ndarray]) -> float: ...
+
+    def train_loss(self, p: Mapping[str, np.ndarray]) -> float: ...
+
+
+class _Pointwise:
+    """Weighted binary cross-entropy per pair (HYDRA's loss)."""
+
+    def __init__(self, H: np.ndarray, y: np.ndarray, weight: np.ndarray, balance: bool,
+                 val_fraction: float, rng: np.random.Generator) -> None:
+        train, val = _stratified_split(y, val_fraction, rng)
+        self.H, self.y = H[train], y[train]
+        self.w = _pair_weights(self.y, weight[train], balance)
+        self.H_val, self.y_val = H[val], y[val]
+        self.w_val = _pair_weights(self.y_val, weight[val], balance)
+        self.n_train, self.n_val = int(train.size), int(val.size)
+        self.has_validation = val.size > 0
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[_Batch]:
+        order = rng.permutation(self.n_train)
+        H, y, w = self.H[order], self.y[order], self.w[order]
+        for start in range(0, self.n_train, batch_size):
+            stop = start + batch_size
+            yb, wb = y[start:stop], w[start:stop]
+            # d loss / d margin of the batch's mean: w * (sigmoid(d) - y) / batch size
+            yield _Batch(H[start:stop],
+                         lambda d, yb=yb, wb=wb: wb * (_sigmoid(d) - yb) / yb.size)
+
+    def val_loss(self, p: Mapping[str, np.ndarray]) -> float:
+        return _pointwise_loss(_margin(p, _first_layer(p, self.H_val)), self.y_val, self.w_val)
+
+    def train_loss(self, p: Mapping[str, np.ndarray]) -> float:
+        return _pointwise_loss(_margin(p, _first_layer(p, self.H)), self.y, self.w)
+
+
+class _Listwise:
+    """Cross-entropy between softmax(margins) and the normalised labels, per group."""
+
+    def __init__(self, H: np.ndarray, y: np.ndarray, groups: np.ndarray, val_fraction: float,
+                 rng: np.random.Generator) -> None:
+        g = np.asarray(groups)
+        if g.shape != y.shape:
+            raise InvalidInputError(f"groups must have shape {y.shape}, got {g.shape}")
+        order = np.argsort(g, kind="stable")
+        _, starts = np.unique(g[order], return_index=True)
+        spans = [order[a:b] for a, b in zip(starts, [*starts[1:], order.size])]
+        spans = [idx for idx in spans if np.ptp(y[idx]) > 0]  # a preference to learn
+        if not spans:
+            raise InvalidInputError("no group has labels that differ: nothing to learn listwise")
+        self.H, self.y = H, y
+        perm = rng.permutation(len(spans))
+        n_val = 0
+        if len(spans) >= MIN_VALIDATION_SAMPLES and val_fraction > 0:
+            n_val = max(1, int(round(val_fraction * len(spans))))
+        self.val = [spans[i] for i in perm[:n_val]]
+        self.train = [spans[i] for i in perm[n_val:]]
+        self.n_train = int(sum(idx.size for idx in self.train))
+        self.n_val = int(sum(idx.size for idx in self.val))
+        self.has_validation = n_val > 0
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[_Batch]:
+        batch: list[np.ndarray] = []
+        for i in rng.permutation(len(self.train)):
+            batch.append(self.train[i])
+            if sum(idx.size for idx in batch) >= batch_size:
+                yield self._batch(batch)
+                batch = []
+        if batch:
+            yield self._batch(batch)
+
+    def _batch(self, spans: list[np.ndarray]) -> _Batch:
+        rows = np.concatenate(spans)
+        starts = np.cumsum([0] + [idx.size for idx in spans[:-1]])
+        target = _segment_normalise(self.y[rows], starts)
+        n_groups = len(spans)
+        return _Batch(self.H[rows],
+                      lambda d: (_segment_softmax(d, starts) - target) / n_groups)
+
+    def _loss(self, p: Mapping[str, np.ndarray], spans: list[np.ndarray]) -> float:
+        if not spans:
+            return 0.0
+        rows = np.concatenate(spans)
+        starts = np.cumsum([0] + [idx.size for idx in spans[:-1]])
+        d = _margin(p, _first_layer(p, self.H[rows]))
+        log_p = d - _segment_logsumexp(d, starts)
+        target = _segment_normalise(self.y[rows], starts)
+        return float(-np.sum(target * log_p) / len(spans))
+
+    def val_loss(self, p: Mapping[str, np.ndarray]) -> float:
+        return self._loss(p, self.val)
+
+    def train_loss(self, p: Mapping[str, np.ndarray]) -> float:
+        return self._loss(p, self.train)
+
+
+def _segment_logsumexp(d: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per row, the log-sum-exp of its segment (segments start at ``starts``)."""
+    top = np.maximum.reduceat(d, starts)
+    sizes = np.diff(np.append(starts, d.size))
+    lse = top + np.log(np.add.reduceat(np.exp(d - np.repeat(top, sizes)), starts))
+    return np.repeat(lse, sizes)
+
+
+def _segment_softmax(d: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.exp(d - _segment_logsumexp(d, starts))
+
+
+def _segment_normalise(y: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    sizes = np.diff(np.append(starts, y.size))
+    return y / np.repeat(np.add.reduceat(y, starts), sizes)
 
 
 # ---------------------------------------------------------------------- forward / backward
@@ -431,29 +567,23 @@ def _first_layer(p: Mapping[str, np.ndarray], H: np.ndarray) -> np.ndarray:
     )
 
 
-def _loss(p: Mapping[str, np.ndarray], H: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
-    """Weighted mean cross-entropy: softplus(-d) for positives, softplus(d) for negatives."""
-    d = _margin(p, _first_layer(p, H))
-    return float(np.mean(w * np.logaddexp(0.0, np.where(y > 0.5, -d, d))))
+
+def _pointwise_loss(d: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    """Weighted mean cross-entropy: y * softplus(-d) + (1 - y) * softplus(d)."""
+    return float(np.mean(w * (y * np.logaddexp(0.0, -d) + (1.0 - y) * np.logaddexp(0.0, d))))
 
 
-def _gradient(
-    p: Mapping[str, np.ndarray],
-    g: Mapping[str, np.ndarray],
-    H: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-) -> None:
-    """Write the gradient of the batch's weighted mean cross-entropy into ``g``."""
+def _gradient(p: Mapping[str, np.ndarray], g: Mapping[str, np.ndarray], batch: _Batch) -> None:
+    """Write the gradient of the batch's loss into ``g`` (the loss enters as d loss / d margin;
+    the margin is logit 1 - logit 0, so d loss / d logit 1 = -d loss / d logit 0 = r)."""
+    H = batch.H
     if "U" in p:
         HU = H @ p["U"]
         Z = np.tanh(HU @ p["V"] + p["b1"])
     else:
         Z = np.tanh(H @ p["W1"] + p["b1"])
     w2_diff = p["W2"][:, 1] - p["W2"][:, 0]
-    d = Z @ w2_diff + (p["b2"][1] - p["b2"][0])
-    p1 = 0.5 + 0.5 * np.tanh(0.5 * d)  # sigmoid(d) = softmax(logits)[1], without overflow
-    r = w * (p1 - y) / y.size  # d loss / d logit1; d loss / d logit0 = -r
+    r = batch.dloss(Z @ w2_diff + (p["b2"][1] - p["b2"][0]))
     zr = Z.T @ r
     g["W2"][:, 0] = -zr
     g["W2"][:, 1] = zr
@@ -489,8 +619,8 @@ def _stratified_split(
     if n < MIN_VALIDATION_SAMPLES or val_fraction == 0.0:
         return np.arange(n), np.arange(0)
     train, val = [], []
-    for label in (0.0, 1.0):
-        idx = rng.permutation(np.flatnonzero(y == label))
+    for positive in (False, True):  # strata: soft labels count by which side of 0.5 they are
+        idx = rng.permutation(np.flatnonzero((y >= 0.5) == positive))
         n_val = min(int(round(val_fraction * idx.size)), max(idx.size - 1, 0))
         val.append(idx[:n_val])
         train.append(idx[n_val:])
@@ -499,11 +629,11 @@ def _stratified_split(
 
 def _pair_weights(y: np.ndarray, weight: np.ndarray, balance_classes: bool) -> np.ndarray:
     w = weight.copy()
-    if balance_classes:
-        n_pos = float((y == 1.0).sum())
+    if balance_classes:  # a soft label counts y of a positive and 1 - y of a negative
+        n_pos = float(y.sum())
         n_neg = float(y.size - n_pos)
         if n_pos and n_neg:
-            w *= np.where(y == 1.0, y.size / (2.0 * n_pos), y.size / (2.0 * n_neg))
+            w *= y * (y.size / (2.0 * n_pos)) + (1.0 - y) * (y.size / (2.0 * n_neg))
     total = w.sum()
     return w * (w.size / total) if total > 0 else w  # all-zero weights: nothing to learn
 
@@ -522,11 +652,11 @@ def _checked_data(
     if not (np.issubdtype(H.dtype, np.number) and np.isfinite(H).all()):
         raise InvalidInputError("H must be numeric and contain no NaN or inf")
     if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise InvalidInputError(f"labels must be 0 or 1, got dtype {y.dtype}")
+        raise InvalidInputError(f"labels must be numbers in [0, 1], got dtype {y.dtype}")
     y = y.astype(np.float64)
-    if not np.isin(y, (0.0, 1.0)).all():
-        bad = y[~np.isin(y, (0.0, 1.0))][:3]
-        raise InvalidInputError(f"labels must be 0 or 1, got e.g. {bad.tolist()}")
+    outside = ~((y >= 0.0) & (y <= 1.0))  # also catches NaN
+    if outside.any():
+        raise InvalidInputError(f"labels must be in [0, 1], got e.g. {y[outside][:3].tolist()}")
     if sample_weight is None:
         weight = np.ones(y.size)
     else:

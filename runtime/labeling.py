@@ -1,64 +1,86 @@
 """Training labels for a user's heads, made by the LLM from the user's own history (HYDRA).
 
-HYDRA has no human relevance labels; it asks the black-box LLM which history records help:
+HYDRA has no human relevance labels; it asks the black-box LLM which history records help.
+hydrahead makes them the way the device will use the heads: **predicting a record from the
+records before it**. Each labelling query is one of the user's most recent records (its own
+answer is the gold); its history is every record strictly older (timestamp, then insertion
+order), searched exactly like ``ask()`` searches: the top ``k`` by cosine.
 
-* **Reranker labels.** Take a history record as a query (its own answer is the gold), retrieve
-  similar records from the rest of the history, and for each retrieved record call the LLM with a
-  prompt holding just that one record. The record is a positive if the answer is right
-  (classification / rating), or, for generation, if its (ROUGE-1 + ROUGE-L) / 2 against the gold
-  beats the mean over that query's records.
-* **Adapter labels.** Ask the LLM for N candidates with the reranked prompt (the prompt of the
-  reranker just fitted). Classification: each candidate is labelled by correctness. Generation:
-  the candidates are negatives and the user's gold answer is the positive. Each candidate carries
-  the LLM's own preference for it (:mod:`hydrahead.runtime.candidates`).
+* **Reranker labels** judge single records taken across the whole top-``k`` depth that ``ask()``
+  reranks (``items_per_query`` of them, one from each equal slice of the ranking):
 
-Every prompt built here holds one query record plus either one retrieved record (reranker) or the
-top ``m`` reranked records (adapter), exactly as at ask time; nothing else leaves the device.
+  - ``"graded"`` (default): one request with ``n`` samples per record, with only that record in
+    the prompt, plus one with no record at all. The label is how much the record moves the
+    quality of the samples: ``delta = quality(with) - quality(without)``, where quality is the
+    share of correct samples (labels, ratings) or their mean (ROUGE-1 + ROUGE-L) / 2 against the
+    gold (generation). Targets are ``0.5 + 0.5 * delta / max|delta|`` over the user's pairs: a
+    record that helps most gets 1, one that misleads most gets 0, one that changes nothing 0.5.
+  - ``"binary"`` (HYDRA's rule): one temperature-0 answer per record; 1 if it is right
+    (generation: if its ROUGE beats the mean over the query's records), else 0.
+
+* **Adapter labels** ask for the reranked prompt (the reranker just fitted picks ``m`` of the
+  top ``k``) exactly as ``ask()`` does: the greedy answer (temperature 0) and ``n`` samples. Each
+  distinct candidate gets the features of :mod:`hydrahead.runtime.adapter_features` (computed
+  from the same history the query had) and a target: 1/0 for a right/wrong label, or for
+  generation its ROUGE against the gold divided by the best candidate's.
+
+Every prompt built here holds one query record plus zero or one retrieved record (reranker) or
+the top ``m`` reranked records (adapter); nothing else leaves the device.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .candidates import llm_preference
+from .adapter_features import (
+    CandidateContext,
+    answer_counts,
+    candidate_features,
+    distinct_candidates,
+)
+from .errors import InvalidInputError
 from .llm.client import LLMClient
-from .records import Hit, Record
+from .records import Record
+from .reranker_features import reranker_features
 from .store import HistoryStore
 from .tasks import Task
 
-# Scores (query vector, item vectors) -> reranker scores; lets the adapter's prompts use the
-# same reranking as ask() does.
-RerankFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Scores (query text, query vector, records, their vectors, their cosines) -> reranker scores;
+# lets the adapter's prompts use the same reranking as ask() does.
+RerankFn = Callable[[str, np.ndarray, Sequence[Record], np.ndarray, np.ndarray], np.ndarray]
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+RERANKER_RULES = ("graded", "binary")
 
 
 @dataclass
 class PairSet:
-    """Labelled (query, document) embedding pairs for one head, grouped by query."""
+    """Labelled (query, document) pairs for one head, grouped by query."""
 
     queries: list[np.ndarray] = field(default_factory=list)  # one (dim,) vector per group
     docs: list[np.ndarray] = field(default_factory=list)  # one (n_i, dim) matrix per group
-    labels: list[np.ndarray] = field(default_factory=list)  # one (n_i,) 0/1 vector per group
-    # One (n_i,) vector per group, or None: the adapter's feature 0 (the LLM's preference).
-    anchors: list[np.ndarray | None] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)  # one (n_i,) vector in [0, 1]
+    # One (n_i, F) matrix per group: the named features the base passes through.
+    features: list[np.ndarray | None] = field(default_factory=list)
 
     def add(
         self,
         query: np.ndarray,
         docs: np.ndarray,
-        labels: Sequence[int],
-        anchor: np.ndarray | None = None,
+        labels: Sequence[float] | np.ndarray,
+        features: np.ndarray | None = None,
     ) -> None:
-        """Append one query's labelled documents (and, for the adapter, their anchors)."""
+        """Append one query's labelled documents and their named features."""
         if len(docs):
             self.queries.append(np.asarray(query, dtype=np.float32))
             self.docs.append(np.asarray(docs, dtype=np.float32))
-            self.labels.append(np.asarray(labels, dtype=np.int64))
-            self.anchors.append(None if anchor is None else np.asarray(anchor, np.float32))
+            self.labels.append(np.asarray(labels, dtype=np.float64))
+            self.features.append(None if features is None else np.asarray(features, np.float32))
 
     @property
     def n_pairs(self) -> int:
@@ -67,8 +89,13 @@ class PairSet:
 
     @property
     def n_positive(self) -> int:
-        """Number of positive pairs."""
-        return int(sum(int(y.sum()) for y in self.labels))
+        """Number of pairs whose target is above 0.5."""
+        return int(sum(int((y > 0.5).sum()) for y in self.labels))
+
+    @property
+    def n_negative(self) -> int:
+        """Number of pairs whose target is below 0.5."""
+        return int(sum(int((y < 0.5).sum()) for y in self.labels))
 
 
 @dataclass
@@ -102,25 +129,44 @@ class _Counter:
         return c.texts
 
 
+@dataclass
+class _Query:
+    """One labelling query: a history record and the history before it, searched."""
+
+    record: Record
+    text: str
+    gold: str
+    vector: np.ndarray
+    hits: list[int]  # indices into the labeler's records, best first
+    scores: np.ndarray
+    counts: Counter[str]  # answers of the records before it (labels)
+
+
 class Labeler:
     """Makes HYDRA's training labels for one user, spending at most ``budget`` LLM calls.
 
-    Each query record costs ``items_per_query`` calls for the reranker's labels and one for the
-    adapter's. Label the reranker first, fit it, then label the adapter with the fitted reranker
-    (the adapter learns on the prompts it will see). Every request is seeded by its query, so a
-    refit with the same history repeats the same requests and the response cache answers them.
+    ``adapter_share`` of the budget goes to adapter labels (``1 + greedy`` calls per query), the
+    rest to reranker labels (``items_per_query`` calls per query, plus one for the graded
+    rule's no-record baseline). Label the reranker first, fit it, then label the adapter with
+    the fitted reranker (the adapter learns on the prompts it will see). Every request is seeded
+    by its query, so a refit with the same history repeats the same requests and the response
+    cache answers them.
 
     Args:
         store: The user's history store (records and their embeddings).
         task: Task that renders prompts and judges answers.
         llm: Client of the remote LLM.
         budget: Maximum number of LLM calls.
-        items_per_query: Retrieved records judged one by one per query record.
+        k: Records retrieved per query (as ``ask()`` does).
         m: Records in the adapter's prompt.
-        n_candidates: Candidates asked for per adapter prompt.
-        temperature: Sampling temperature of the adapter's candidates.
-        max_tokens: Output bound per candidate.
-        seed: Seed of query selection and of the LLM requests.
+        n_candidates: Samples asked for per prompt.
+        temperature: Sampling temperature of the samples.
+        max_tokens: Output bound per answer.
+        seed: Seed of item selection and of the LLM requests.
+        items_per_query: Records judged one by one per reranker query.
+        reranker_rule: ``"graded"`` or ``"binary"`` (see the module docstring).
+        adapter_share: Share of the budget spent on adapter labels.
+        greedy: Ask for the greedy answer too (as ``ask()`` does).
         progress: Show progress bars.
     """
 
@@ -131,143 +177,194 @@ class Labeler:
         llm: LLMClient,
         *,
         budget: int = 200,
-        items_per_query: int = 4,
+        k: int = 20,
         m: int = 4,
         n_candidates: int = 8,
         temperature: float = 1.0,
         max_tokens: int = 64,
         seed: int = 0,
+        items_per_query: int = 4,
+        reranker_rule: str = "graded",
+        adapter_share: float = 0.5,
+        greedy: bool = True,
         progress: bool = True,
     ) -> None:
+        if reranker_rule not in RERANKER_RULES:
+            raise InvalidInputError(
+                f"reranker_rule must be one of {RERANKER_RULES}, got {reranker_rule!r}")
+        if not 0.0 <= adapter_share <= 1.0:
+            raise InvalidInputError(f"adapter_share must be in [0, 1], got {adapter_share!r}")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise InvalidInputError(f"budget must be an integer >= 0, got {budget!r}")
+        if items_per_query < 1:
+            raise InvalidInputError(f"items_per_query must be >= 1, got {items_per_query!r}")
         self.store, self.task, self.llm = store, task, llm
-        self.items_per_query, self.m, self.n_candidates = items_per_query, m, n_candidates
+        self.k, self.m, self.n_candidates = k, m, n_candidates
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
-        self.progress = progress
-        self.queries = self._choose_queries(budget // (items_per_query + 1))
+        self.items_per_query, self.reranker_rule = items_per_query, reranker_rule
+        self.greedy, self.progress = greedy, progress
+        adapter_cost = 1 + int(greedy)
+        reranker_cost = items_per_query + int(reranker_rule == "graded")
+        n_adapter = int(budget * adapter_share) // adapter_cost
+        n_reranker = (budget - n_adapter * adapter_cost) // reranker_cost
+        self._load_history()
+        self._reranker_queries = self._latest(n_reranker)
+        self._adapter_queries = self._latest(n_adapter)
         self._counter = _Counter()
-        self._retrieved: dict[str, tuple[np.ndarray, list[Hit]]] = {}
 
-    def _choose_queries(self, n: int) -> list[Record]:
-        # Only records with a gold answer can be queries (LaMP-1/LaMP-7 items carry none).
-        records = sorted(
-            (r for r in self.store.iter() if self.task.answer_of(r) is not None),
-            key=lambda r: (r.timestamp or 0.0, r.id),
+    # ------------------------------------------------------------------ history
+    def _load_history(self) -> None:
+        """Every record with its vector, oldest first (timestamp, then insertion order)."""
+        listed = list(self.store.iter())
+        order = sorted(
+            range(len(listed)),
+            key=lambda i: (listed[i].timestamp if listed[i].timestamp is not None
+                           else float("-inf"), i),
         )
-        n = min(n, len(records)) if self.store.count() > 1 else 0
-        if n == 0:
-            return []
-        rng = np.random.default_rng(self.seed)
-        return [records[i] for i in sorted(rng.choice(len(records), n, replace=False))]
+        self.records = [listed[i] for i in order]
+        self.vectors = (self.store.vectors([r.id for r in self.records]) if self.records
+                        else np.zeros((0, self.store.dim), np.float32))
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        self._unit = self.vectors / np.where(norms == 0, 1.0, norms)
+        self.answers = [self.task.answer_of(r) for r in self.records]
 
-    def _retrieve(self, record: Record) -> tuple[np.ndarray, list[Hit]]:
-        """The query record's vector and its retrieved records (searched once, for both heads)."""
-        if record.id not in self._retrieved:
-            qvec = self.store.vectors([record.id])[0]
-            hits = self.store.search(qvec, k=self.items_per_query, filter=_not(record.id))
-            self._retrieved[record.id] = (qvec, hits)
-        return self._retrieved[record.id]
-
-    def reranker_labels(self) -> PairSet:
-        """One call per retrieved record, with only that record in the prompt."""
-        pairs = PairSet()
-        for record in tqdm(
-            self.queries, desc="reranker labels", unit="query", disable=not self.progress
-        ):
-            qtext, gold = self.task.query_of(record), self.task.answer_of(record)
-            qvec, hits = self._retrieve(record)
-            outputs = [
-                (
-                    self._counter.complete(
-                        self.llm,
-                        self.task.render_prompt(qtext, [hit.record]),
-                        n=1,
-                        temperature=0.0,
-                        max_tokens=self.max_tokens,
-                        seed=query_seed(qtext, self.seed),
-                    )
-                    or [""]
-                )[0]
-                for hit in hits
-            ]
-            if hits:
-                pairs.add(
-                    qvec,
-                    np.stack([h.vector for h in hits]),
-                    label_by_answer(self.task, outputs, gold),
-                )
-        return pairs
-
-    def adapter_labels(
-        self, rerank: RerankFn, embed: Callable[[Sequence[str]], np.ndarray]
-    ) -> PairSet:
-        """One call per query with the reranked prompt; candidates judged against the gold."""
-        found: list[tuple[np.ndarray, list[str], list[int], np.ndarray]] = []
-        for record in tqdm(
-            self.queries, desc="adapter labels", unit="query", disable=not self.progress
-        ):
-            qtext, gold = self.task.query_of(record), self.task.answer_of(record)
-            qvec, hits = self._retrieve(record)
-            if not hits:
+    def _latest(self, n: int) -> list[_Query]:
+        """The ``n`` most recent records that have an answer and at least one older record."""
+        queries: list[_Query] = []
+        before = answer_counts(self.task, self.answers)  # answers of records [0, i), below
+        for i in range(len(self.records) - 1, 0, -1):
+            if len(queries) >= n:
+                break
+            before -= answer_counts(self.task, [self.answers[i]])
+            if self.answers[i] is None:
                 continue
-            top = np.argsort(-rerank(qvec, np.stack([h.vector for h in hits])), kind="stable")
-            prompt = self.task.render_prompt(qtext, [hits[i].record for i in top[: self.m]])
-            texts = self._counter.complete(
-                self.llm,
-                prompt,
-                n=self.n_candidates,
-                temperature=self.temperature,
-                max_tokens=self.max_tokens,
-                seed=query_seed(qtext, self.seed),
-            )
-            cands, ys, prefs = _judge_candidates(self.task, texts, gold)
-            if cands:
-                found.append((qvec, cands, ys, prefs))
+            record = self.records[i]
+            scores = self._unit[:i] @ self._unit[i]
+            top = np.argsort(-scores, kind="stable")[: self.k]
+            queries.append(_Query(
+                record, self.task.query_of(record), str(self.answers[i]), self.vectors[i],
+                [int(j) for j in top], scores[top], Counter(before)))
+        return queries
+
+    # ------------------------------------------------------------------ requests
+    def _ask(self, prompt: str, query: _Query, *, n: int, temperature: float) -> list[str]:
+        return self._counter.complete(
+            self.llm, prompt, n=n, temperature=temperature, max_tokens=self.max_tokens,
+            seed=query_seed(query.text, self.seed))
+
+    def _quality(self, outputs: Sequence[str], gold: str) -> float:
+        """Share of right outputs (labels, ratings), or their mean ROUGE (generation)."""
+        if not outputs:
+            return 0.0
+        if self.task.kind == "generation":
+            return float(np.mean([self.task.rouge(o, gold) for o in outputs]))
+        return float(np.mean([self.task.is_correct(self.task.parse(o), gold) for o in outputs]))
+
+    # ------------------------------------------------------------------ reranker
+    def reranker_labels(self) -> PairSet:
+        """Labels for single records across the top-k depth (see the module docstring)."""
+        rng = np.random.default_rng(self.seed)
+        found: list[tuple[_Query, list[int], list[float]]] = []
+        for q in tqdm(self._reranker_queries, desc="reranker labels", unit="query",
+                      disable=not self.progress):
+            picked = _spread(len(q.hits), self.items_per_query, rng)
+            if not picked:
+                continue
+            prompts = [self.task.render_prompt(q.text, [self.records[q.hits[j]]]) for j in picked]
+            if self.reranker_rule == "binary":
+                outs = [(self._ask(p, q, n=1, temperature=0.0) or [""])[0] for p in prompts]
+                found.append((q, picked, [float(y) for y in label_by_answer(self.task, outs,
+                                                                            q.gold)]))
+                continue
+            sample = dict(n=self.n_candidates, temperature=self.temperature)
+            without = self._quality(self._ask(self.task.render_prompt(q.text), q, **sample),
+                                    q.gold)
+            deltas = [self._quality(self._ask(p, q, **sample), q.gold) - without for p in prompts]
+            found.append((q, picked, deltas))
+        if self.reranker_rule == "graded":
+            top = max((abs(d) for _, _, ds in found for d in ds), default=0.0)
+            found = [(q, p, [0.5 + 0.5 * d / top if top else 0.5 for d in ds])
+                     for q, p, ds in found]
         pairs = PairSet()
-        flat = [t for _, cands, _, _ in found for t in cands]
-        emb = embed(flat) if flat else np.zeros((0, 0), np.float32)  # one batched pass
-        start = 0
-        for qvec, cands, ys, prefs in found:
-            pairs.add(qvec, emb[start : start + len(cands)], ys, prefs)
-            start += len(cands)
+        for q, picked, targets in found:
+            X = reranker_features(self.task, q.text, [self.records[j] for j in q.hits], q.scores)
+            pairs.add(q.vector, self.vectors[[q.hits[j] for j in picked]], targets, X[picked])
         return pairs
+
+    # ------------------------------------------------------------------ adapter
+    def adapter_labels(self, rerank: RerankFn, embed: EmbedFn) -> PairSet:
+        """Labels for the LLM's candidates on reranked prompts, with their features."""
+        found = []
+        for q in tqdm(self._adapter_queries, desc="adapter labels", unit="query",
+                      disable=not self.progress):
+            scores = rerank(q.text, q.vector, [self.records[j] for j in q.hits],
+                            self.vectors[q.hits], q.scores)
+            top = np.argsort(-scores, kind="stable")[: self.m]
+            prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]] for j in top])
+            greedy = None
+            if self.greedy:
+                greedy = (self._ask(prompt, q, n=1, temperature=0.0) or [None])[0]
+            samples = self._ask(prompt, q, n=self.n_candidates, temperature=self.temperature)
+            candidates = distinct_candidates(greedy, samples)
+            targets = self._candidate_targets(candidates, q.gold)
+            if not candidates or targets is None:
+                continue
+            context = CandidateContext(
+                query_vec=q.vector,
+                neighbour_answers=[self.answers[j] for j in q.hits],
+                neighbour_scores=q.scores,
+                prompt_answers=[self.answers[q.hits[j]] for j in top],
+                greedy=greedy, samples=samples, answer_counts=q.counts)
+            found.append((q, candidates, targets, context))
+        pairs = PairSet()
+        flat = [c for _, cands, _, _ in found for c in cands]
+        emb = embed(flat) if flat else np.zeros((0, self.store.dim), np.float32)  # one pass
+        start = 0
+        for q, cands, targets, context in found:
+            vecs = emb[start : start + len(cands)]
+            start += len(cands)
+            pairs.add(q.vector, vecs, targets,
+                      candidate_features(self.task, context, cands, vecs))
+        return pairs
+
+    def _candidate_targets(self, candidates: Sequence[str], gold: str) -> list[float] | None:
+        if self.task.kind == "generation":
+            scores = [self.task.rouge(c, gold) for c in candidates]
+            best = max(scores, default=0.0)
+            return [s / best for s in scores] if best > 0 else None
+        return [float(self.task.is_correct(self.task.parse(c), gold)) for c in candidates]
+
+    # ------------------------------------------------------------------ summary
+    @property
+    def queries_used(self) -> int:
+        """Distinct history records used as labelling queries."""
+        ids = {q.record.id for q in self._reranker_queries + self._adapter_queries}
+        return len(ids)
 
     def summary(self, reranker: PairSet, adapter: PairSet) -> LabelSet:
         """The labels with this labeler's call counts."""
         c = self._counter
-        return LabelSet(reranker, adapter, len(self.queries), c.calls, c.cached, c.simulated)
+        return LabelSet(reranker, adapter, self.queries_used, c.calls, c.cached, c.simulated)
 
 
-def _not(record_id: str) -> Callable[[Record], bool]:
-    return lambda r: r.id != record_id
+def _spread(n: int, count: int, rng: np.random.Generator) -> list[int]:
+    """``count`` positions out of ``range(n)``, one drawn from each of ``count`` equal slices."""
+    if n <= count:
+        return list(range(n))
+    edges = np.linspace(0, n, count + 1)
+    return sorted({int(rng.integers(int(a), max(int(a) + 1, int(b))))
+                   for a, b in zip(edges[:-1], edges[1:])})
 
 
 def label_by_answer(task: Task, outputs: Sequence[str], gold: str) -> list[int]:
     """1 for each output that agrees with ``gold``, else 0.
 
     Classification / rating: the parsed output is right. Generation: its (ROUGE-1 + ROUGE-L) / 2
-    against ``gold`` beats the mean over ``outputs``. Used for the reranker's labels (the LLM's
-    one-record answers against the gold) and for feedback (the prompt records' own answers
-    against the user's answer).
+    against ``gold`` beats the mean over ``outputs``. Used for HYDRA's binary reranker labels
+    (the LLM's one-record answers against the gold) and for feedback (the prompt records' own
+    answers against the user's answer).
     """
     if task.kind == "generation":
         scores = np.array([task.rouge(o, gold) for o in outputs])
         return [int(s > scores.mean()) for s in scores]
     return [int(task.is_correct(task.parse(o), gold)) for o in outputs]
-
-
-def _judge_candidates(
-    task: Task, texts: Sequence[str], gold: str
-) -> tuple[list[str], list[int], np.ndarray]:
-    """Adapter labels and anchors: correctness (classification / rating), or, for generation,
-    the user's gold answer as the one positive against the LLM's candidates."""
-    if task.kind == "generation":
-        cands, prefs = llm_preference(texts, use_order=False)
-        negatives = [(c, p) for c, p in zip(cands, prefs) if c.strip() != gold.strip()]
-        gold_pref = np.float32(1.0 / max(len(texts), 1))  # as if sampled once, like the others
-        return (
-            [gold, *(c for c, _ in negatives)],
-            [1] + [0] * len(negatives),
-            np.array([gold_pref, *(p for _, p in negatives)], dtype=np.float32),
-        )
-    cands, prefs = llm_preference(texts)
-    return cands, [int(task.is_correct(task.parse(c), gold)) for c in cands], prefs

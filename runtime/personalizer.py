@@ -3,12 +3,15 @@
 ``ask(query)`` runs, in order::
 
     encode query -> retrieve top-k history (HNSW) -> reranker (shared base + user head) keeps m
-    -> task prompt with those m records -> remote LLM, N candidates
-    -> adapter (shared base + user head) scores each candidate -> answer = argmax
+    -> task prompt with those m records -> remote LLM: its greedy answer and N samples
+    -> adapter (shared base + user head) scores each distinct candidate from its
+       history-aware features (adapter_features) -> answer = argmax
 
-Only the rendered prompt (the query and the m reranked records) leaves the device. The heads
-are fitted on the device from labels the LLM itself gives on the user's own history
-(:mod:`hydrahead.runtime.labeling`).
+During ``ask()`` only the rendered prompt (the query and the m reranked records) leaves the
+device; the top-k records beyond the prompt are read only by the adapter, locally. ``fit()``
+sends the user's own records too, as labelling queries with zero, one or m other records as
+examples (:mod:`hydrahead.runtime.labeling`). The heads are fitted on the device from those
+labels. With untrained heads the answer is the LLM's greedy answer to the dense top-m prompt.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from . import reranker_features
+from .adapter_features import (
+    FEATURE_NAMES,
+    CandidateContext,
+    answer_counts,
+    candidate_features,
+    distinct_candidates,
+)
 from .bundle import Bundle
-from .candidates import llm_preference
 from .encoder import Encoder
-from .errors import HeadError, InvalidInputError, LLMResponseError
+from .errors import BundleError, HeadError, InvalidInputError, LLMResponseError
 from .heads import FitReport, Head, fit_head
 from .labeling import Labeler, LabelSet, PairSet, label_by_answer, query_seed
 from .llm.cache import ResponseCache
@@ -41,16 +51,17 @@ from .store import HistoryStore
 from .tasks import Task, get_task
 
 ROLES = ("reranker", "adapter")
+LISTWISE = {"reranker": False, "adapter": True}  # how each head is fitted (see _fit_role)
 
 
 @dataclass
 class Candidate:
-    """One distinct LLM candidate: its parsed answer, the adapter's score, the LLM's preference."""
+    """One distinct LLM candidate: its parsed answer, the adapter's score and its features."""
 
     text: str
     answer: Any
     score: float
-    llm_preference: float
+    features: dict[str, float]
 
 
 @dataclass
@@ -68,7 +79,8 @@ class Prepared:
 
     query: str
     query_vec: np.ndarray
-    items: list[RankedItem]
+    neighbours: list[Hit]  # the top-k retrieved records, best first (never sent)
+    items: list[RankedItem]  # the m reranked records in the prompt
     prompt: str
 
 
@@ -83,6 +95,10 @@ class Answer:
     items: list[RankedItem]
     simulated: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+    llm_requests: int = 0  # HTTP requests sent for this answer (0 when all came from cache)
+    prompt_tokens: int = 0  # as the server reported them
+    completion_tokens: int = 0
+    context: CandidateContext | None = field(default=None, repr=False)  # what the adapter read
 
     @property
     def local_ms(self) -> float:
@@ -117,6 +133,8 @@ class Personalizer:
         seed: Seed of fitting and of LLM requests.
         head_rank: Fit low-rank heads (first layer ``U @ V`` of this rank) instead of full ones:
             smaller on disk, slightly less expressive. ``None`` (default) fits full heads.
+        greedy: Also ask the LLM for its temperature-0 answer, which the unfitted adapter picks
+            (one more request per ask; without it the unfitted adapter picks the most voted).
     """
 
     def __init__(
@@ -134,6 +152,7 @@ class Personalizer:
         max_tokens: int = 64,
         seed: int = 0,
         head_rank: int | None = None,
+        greedy: bool = True,
     ) -> None:
         if not (k >= 1 and 1 <= m <= k and n >= 1):
             raise InvalidInputError(f"need k >= m >= 1 and n >= 1, got k={k}, m={m}, n={n}")
@@ -146,7 +165,9 @@ class Personalizer:
         )
         self.k, self.m, self.n = k, m, n
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.greedy = greedy
         self.bases = {role: PairBase.load(bundle.file(role, "weights")) for role in ROLES}
+        _check_bases(self.bases, bundle)
         # Where a user's head starts (cold start) and what fitting pulls it toward: the shared
         # base head, factorized when low-rank heads are asked for.
         self.base_heads = {
@@ -157,6 +178,7 @@ class Personalizer:
         self.heads = {role: self._load_head(role) for role in ROLES}
         self._recent: OrderedDict[str, Answer] = OrderedDict()
         self._owns_cache = False  # set when this personalizer made its LLM client
+        self._answer_counts: tuple[int, Counter[str]] | None = None  # (store generation, counts)
 
     # ------------------------------------------------------------------ opening / closing
     @classmethod
@@ -238,30 +260,52 @@ class Personalizer:
         return self.store.list(limit=limit, offset=offset)
 
     # ------------------------------------------------------------------ scoring
-    def rerank_scores(self, query_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
-        """Reranker scores (shared base + this user's head) of items for a query."""
-        return self.heads["reranker"].scores(self.bases["reranker"].hidden_of(query_vec, item_vecs))
+    def rerank_scores(
+        self,
+        query: str,
+        query_vec: np.ndarray,
+        records: Sequence[Record],
+        item_vecs: np.ndarray,
+        cosines: np.ndarray,
+    ) -> np.ndarray:
+        """Reranker scores (shared base + this user's head) of retrieved records for a query.
+
+        Args:
+            query: The query text.
+            query_vec: Its embedding.
+            records: The retrieved records (the local corpus of the reranker's features).
+            item_vecs: Their embeddings.
+            cosines: Their cosine similarity to the query.
+        """
+        X = reranker_features.reranker_features(self.task, query, records, cosines)
+        H = self.bases["reranker"].hidden_of(query_vec, item_vecs, X)
+        return self.heads["reranker"].scores(H)
 
     def adapter_scores(
-        self, query_vec: np.ndarray, cand_vecs: np.ndarray, preference: np.ndarray
+        self, query_vec: np.ndarray, cand_vecs: np.ndarray, features: np.ndarray
     ) -> np.ndarray:
         """Adapter scores (shared base + this user's head) of candidates for a query.
 
         Args:
             query_vec: The query's embedding.
             cand_vecs: The candidates' embeddings.
-            preference: The LLM's own preference for each candidate (:func:`llm_preference`).
+            features: Their named features (:func:`~hydrahead.runtime.adapter_features.
+                candidate_features`), one row per candidate.
         """
-        H = self.bases["adapter"].hidden_of(query_vec, cand_vecs, preference)
+        H = self.bases["adapter"].hidden_of(query_vec, cand_vecs, features)
         return self.heads["adapter"].scores(H)
 
     def rerank(self, query: str, query_vec: np.ndarray | None = None) -> list[RankedItem]:
         """Retrieve ``k`` records and return the top ``m`` by the reranker, best first."""
         qvec = self.encoder.encode_one(query) if query_vec is None else query_vec
-        hits = self.store.search(qvec, k=self.k)
+        return self._rerank(query, qvec, self.store.search(qvec, k=self.k))
+
+    def _rerank(self, query: str, qvec: np.ndarray, hits: Sequence[Hit]) -> list[RankedItem]:
         if not hits:
             return []
-        scores = self.rerank_scores(qvec, np.stack([h.vector for h in hits]))
+        scores = self.rerank_scores(
+            query, qvec, [h.record for h in hits], np.stack([h.vector for h in hits]),
+            np.array([h.score for h in hits]))
         order = np.argsort(-scores, kind="stable")[: self.m]
         return [RankedItem(hits[i].record, float(hits[i].score), float(scores[i])) for i in order]
 
@@ -275,22 +319,29 @@ class Personalizer:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("the query must be a non-empty string")
         qvec = self.encoder.encode_one(query)
-        items = self.rerank(query, qvec)
-        return Prepared(
-            query, qvec, items, self.task.render_prompt(query, [it.record for it in items])
-        )
+        hits = self.store.search(qvec, k=self.k)
+        items = self._rerank(query, qvec, hits)
+        prompt = self.task.render_prompt(query, [it.record for it in items])
+        return Prepared(query, qvec, hits, items, prompt)
 
     def choose(
-        self, prepared: Prepared, texts: Sequence[str], *, simulated: bool = False
+        self,
+        prepared: Prepared,
+        texts: Sequence[str],
+        *,
+        greedy: str | None = None,
+        simulated: bool = False,
     ) -> Answer:
         """The device's work after the LLM call: score the candidates with the adapter, pick one.
 
         Args:
             prepared: What :meth:`prepare` returned for the query.
-            texts: The LLM's candidate texts.
+            texts: The LLM's sampled candidate texts (``n`` of them, as returned).
+            greedy: The LLM's temperature-0 answer to the same prompt, if it was asked for.
             simulated: Whether they came from the offline simulator (carried into the answer).
         """
-        candidates = self._score_candidates(prepared.query_vec, texts)
+        context = self._context(prepared, greedy, texts)
+        candidates = self._score_candidates(context, distinct_candidates(greedy, texts))
         if not candidates:
             raise LLMResponseError("the LLM returned no candidate text to choose from")
         best = _pick(candidates)
@@ -301,16 +352,21 @@ class Personalizer:
             candidates=candidates,
             items=prepared.items,
             simulated=simulated,
+            context=context,
         )
         self._remember(prepared.query, answer)
         return answer
 
     def ask(self, query: str) -> Answer:
-        """Answer ``query`` for this user: :meth:`prepare`, one LLM call, :meth:`choose`.
+        """Answer ``query`` for this user: :meth:`prepare`, the LLM call(s), :meth:`choose`.
+
+        Two requests go out with the same prompt: the greedy answer (``n=1``, temperature 0;
+        skipped when ``greedy=False``) and ``n`` samples at ``temperature``.
 
         Returns:
             The chosen answer, the exact prompt that left the device, the candidates with their
-            adapter scores, the reranked records, and timings (``local_ms`` excludes the LLM).
+            adapter scores and features, the reranked records, timings (``local_ms`` excludes
+            the LLM) and the requests and tokens the LLM reported.
 
         Raises:
             InvalidInputError: for an empty query.
@@ -319,33 +375,64 @@ class Personalizer:
         t0 = time.perf_counter()
         prepared = self.prepare(query)
         t1 = time.perf_counter()
-        completion = self._llm().complete(
-            prepared.prompt,
-            n=self.n,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            seed=query_seed(query, self.seed),
-        )
+        llm, seed = self._llm(), query_seed(query, self.seed)
+        calls = []
+        if self.greedy:
+            calls.append(llm.complete(prepared.prompt, n=1, temperature=0.0,
+                                      max_tokens=self.max_tokens, seed=seed))
+        calls.append(llm.complete(prepared.prompt, n=self.n, temperature=self.temperature,
+                                  max_tokens=self.max_tokens, seed=seed))
         t2 = time.perf_counter()
-        answer = self.choose(prepared, completion.texts, simulated=completion.simulated)
+        greedy = (calls[0].texts or [None])[0] if self.greedy else None
+        answer = self.choose(prepared, calls[-1].texts, greedy=greedy,
+                             simulated=any(c.simulated for c in calls))
         t3 = time.perf_counter()
         answer.timings_ms = {
             "prepare": (t1 - t0) * 1e3,
             "llm": (t2 - t1) * 1e3,
             "choose": (t3 - t2) * 1e3,
         }
+        answer.llm_requests = sum(c.requests_sent for c in calls)
+        answer.prompt_tokens = sum(c.prompt_tokens for c in calls)
+        answer.completion_tokens = sum(c.completion_tokens for c in calls)
         return answer
 
-    def _score_candidates(self, qvec: np.ndarray, texts: Sequence[str]) -> list[Candidate]:
-        unique, preference = llm_preference(texts, use_order=self.task.kind != "generation")
-        if not unique:
+    def _context(
+        self, prepared: Prepared, greedy: str | None, samples: Sequence[str]
+    ) -> CandidateContext:
+        return CandidateContext(
+            query_vec=prepared.query_vec,
+            neighbour_answers=[self.task.answer_of(h.record) for h in prepared.neighbours],
+            neighbour_scores=np.array([h.score for h in prepared.neighbours], dtype=np.float32),
+            prompt_answers=[self.task.answer_of(it.record) for it in prepared.items],
+            greedy=greedy,
+            samples=list(samples),
+            answer_counts=self._user_answer_counts(),
+        )
+
+    def _score_candidates(
+        self, context: CandidateContext, texts: Sequence[str]
+    ) -> list[Candidate]:
+        if not texts:
             return []
-        scores = self.adapter_scores(qvec, self.encoder.encode(unique), preference)
+        vecs = self.encoder.encode(list(texts))
+        X = candidate_features(self.task, context, texts, vecs)
+        scores = self.adapter_scores(context.query_vec, vecs, X)
         cands = [
-            Candidate(t, self.task.parse(t), float(s), float(p))
-            for t, s, p in zip(unique, scores, preference)
+            Candidate(t, self.task.parse(t), float(s), dict(zip(FEATURE_NAMES, map(float, x))))
+            for t, s, x in zip(texts, scores, X)
         ]
         return sorted(cands, key=lambda c: -c.score)  # stable: ties keep the LLM's order
+
+    def _user_answer_counts(self) -> Counter[str]:
+        """How often the user gave each answer, over the whole history (cached per change)."""
+        if self.task.kind == "generation":
+            return Counter()
+        generation = self.store.generation
+        if self._answer_counts is None or self._answer_counts[0] != generation:
+            answers = [self.task.answer_of(r) for r in self.store.iter()]
+            self._answer_counts = (generation, answer_counts(self.task, answers))
+        return self._answer_counts[1]
 
     # ------------------------------------------------------------------ fit / feedback
     def fit(self, budget: int = 200, *, progress: bool = True, **label_options: Any) -> FitSummary:
@@ -354,7 +441,8 @@ class Personalizer:
         Args:
             budget: Most LLM calls to spend (responses are cached: a refit costs none).
             progress: Show a progress bar.
-            **label_options: Passed to :class:`Labeler` (e.g. ``items_per_query``).
+            **label_options: Passed to :class:`Labeler` (e.g. ``reranker_rule="binary"``,
+                ``items_per_query``, ``adapter_share``).
         """
         t0 = time.perf_counter()
         labeler = Labeler(
@@ -362,11 +450,13 @@ class Personalizer:
             self.task,
             self._llm(),
             budget=budget,
+            k=self.k,
             m=self.m,
             n_candidates=self.n,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             seed=self.seed,
+            greedy=self.greedy,
             progress=progress,
             **label_options,
         )
@@ -389,54 +479,60 @@ class Personalizer:
             query: A query previously passed to :meth:`ask` in this session.
             answer: The answer the user accepted, or their edited answer.
 
-        The adapter learns that ``answer`` is what this user wants over the other candidates;
-        the reranker learns which of the prompt's records agree with it. Both heads take a few
+        The adapter learns that ``answer`` is what this user wants over the other candidates
+        (an edited answer is scored with the same history context the candidates had); the
+        reranker learns which of the prompt's records agree with it. Both heads take a few
         small steps from their current weights, pulled toward the shared base head.
         """
         if not isinstance(answer, str) or not answer.strip():
             raise InvalidInputError("feedback needs a non-empty answer string")
         last = self._recent.get(query)
-        if last is None:
+        if last is None or last.context is None:
             raise InvalidInputError("feedback is for a query asked in this session; ask() it first")
-        qvec = self.encoder.encode_one(query)
-        others = [c for c in last.candidates if c.text.strip() != answer.strip()]
-        prefs = [c.llm_preference for c in last.candidates]
-        # An edited answer the LLM never proposed gets the candidates' mean preference.
-        mine = next(
-            (c.llm_preference for c in last.candidates if c.text.strip() == answer.strip()),
-            float(np.mean(prefs)) if prefs else 0.0,
-        )
+        wanted = self.task.parse(answer)
+        others = [c.text for c in last.candidates
+                  if c.text.strip() != answer.strip() and not self._same(c.answer, wanted)]
+        texts = [answer, *others]
+        vecs = self.encoder.encode(texts)
         adapter = PairSet()
-        adapter.add(
-            qvec,
-            self.encoder.encode([answer, *(c.text for c in others)]),
-            [1] + [0] * len(others),
-            np.array([mine, *(c.llm_preference for c in others)], dtype=np.float32),
-        )
+        adapter.add(last.context.query_vec, vecs, [1.0] + [0.0] * len(others),
+                    candidate_features(self.task, last.context, texts, vecs))
         reranker = PairSet()
         if last.items:
+            records = [it.record for it in last.items]
             reranker.add(
-                qvec,
-                self.store.vectors([it.record.id for it in last.items]),
-                label_by_answer(
-                    self.task, [self.task.answer_of(it.record) for it in last.items], answer
+                last.context.query_vec,
+                self.store.vectors([r.id for r in records]),
+                label_by_answer(self.task, [self.task.answer_of(r) for r in records], answer),
+                reranker_features.reranker_features(
+                    self.task, query, records, np.array([it.retrieval_score for it in last.items])
                 ),
             )
         for role, pairs in (("reranker", reranker), ("adapter", adapter)):
             self._fit_role(role, pairs, init=self.heads[role], epochs=5, lr=1e-3)
 
+    def _same(self, a: Any, b: Any) -> bool:
+        return self.task.kind != "generation" and a is not None and a == b
+
     def _fit_role(
         self, role: str, pairs: PairSet, *, init: Head, **fit_options: Any
     ) -> FitReport | None:
-        if pairs.n_pairs == 0 or pairs.n_positive in (0, pairs.n_pairs):
-            return None  # nothing to learn from: one class only
+        """Fit one head: the reranker pointwise (HYDRA's loss), the adapter listwise over each
+        query's candidates (it picks one per query; see :func:`fit_head`)."""
+        listwise = LISTWISE[role]
+        if listwise and not any(np.ptp(y) > 0 for y in pairs.labels):
+            return None  # no query prefers one candidate over another
+        if not listwise and (pairs.n_positive == 0 or pairs.n_negative == 0):
+            return None  # nothing to learn from: one side only
         base = self.bases[role]
         H = np.concatenate(
-            [base.hidden_of(q, D, a) for q, D, a in zip(pairs.queries, pairs.docs, pairs.anchors)]
+            [base.hidden_of(q, D, f) for q, D, f in zip(pairs.queries, pairs.docs, pairs.features)]
         )
         y = np.concatenate(pairs.labels)
+        groups = np.repeat(np.arange(len(pairs.labels)), [len(v) for v in pairs.labels])
         head, report = fit_head(
-            H, y, init=init, prior=self.base_heads[role], seed=self.seed, **fit_options
+            H, y, init=init, prior=self.base_heads[role], seed=self.seed,
+            groups=groups if listwise else None, **fit_options
         )
         self.heads[role] = head
         head.save(
@@ -486,6 +582,17 @@ def _client_for(
         cache=ResponseCache(directory / "llm_cache.sqlite") if cache else None,
         outbox=Outbox(directory / "outbox.jsonl", enabled=outbox),
     )
+
+
+def _check_bases(bases: dict[str, PairBase], bundle: Bundle) -> None:
+    """Each base must read the named features this version of hydrahead computes."""
+    expected = {"reranker": reranker_features.FEATURE_NAMES, "adapter": FEATURE_NAMES}
+    for role, names in expected.items():
+        if bases[role].feature_names != names:
+            raise BundleError(
+                f"the {role} base in {bundle.root} reads {list(bases[role].feature_names)}; "
+                f"this hydrahead computes {list(names)}: rebuild the bundle with "
+                "`hydrahead export bundle`")
 
 
 def _pick(candidates: Sequence[Candidate]) -> Candidate:

@@ -293,6 +293,13 @@ class HistoryStore:
         """True once :meth:`close` was called."""
         return self._closed
 
+    @property
+    def generation(self) -> int:
+        """A counter that changes with every insert, update and delete, by any process."""
+        with self._mutex:
+            self._check_open()
+            return int(self._state()["generation"])
+
     # ------------------------------------------------------------------ writing
 
     def add(

@@ -13,8 +13,10 @@ import fcntl
 import os
 from pathlib import Path
 
+from hydrahead.runtime import adapter_features, reranker_features
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.errors import BundleError
+from hydrahead.runtime.pair_base import PairBase
 
 ENV_TEST_BUNDLE = "HYDRAHEAD_TEST_BUNDLE"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +31,23 @@ def cached_bundle_path() -> Path:
 
 
 REQUIRED_MODELS = ("encoder", "reranker", "adapter")
+EXPECTED = {  # the named features this version's bases must read
+    "reranker": reranker_features.FEATURE_NAMES,
+    "adapter": adapter_features.FEATURE_NAMES,
+}
 
 
 def _opens(path: Path) -> bool:
-    """Whether ``path`` holds a valid bundle with every model the tests need."""
+    """Whether ``path`` holds a valid bundle with every model the tests need, in the forms this
+    version of hydrahead reads (an adapter base of another feature list is rebuilt)."""
     try:
         bundle = Bundle.open(path, verify=True)
+        if not all(bundle.has_model(name) for name in REQUIRED_MODELS):
+            return False
+        bases = {role: PairBase.load(bundle.file(role, "weights")) for role in EXPECTED}
     except BundleError:
         return False
-    return all(bundle.has_model(name) for name in REQUIRED_MODELS)
+    return all(bases[role].feature_names == names for role, names in EXPECTED.items())
 
 
 def get_test_bundle() -> Path:

@@ -1,12 +1,13 @@
-"""The bundle's shared reranker/adapter bases: untrained, the base head ranks by feature 0."""
+"""The bundle's shared bases: untrained, the reranker ranks by cosine and the adapter picks the
+LLM's greedy answer (then its most voted), whatever the other named features say."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from hydrahead.runtime import adapter_features, reranker_features
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.pair_base import PairBase
@@ -23,30 +24,51 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("role", ["reranker", "adapter"])
-def test_untrained_base_head_ranks_by_cosine(bundle_dir: Path, role: str) -> None:
+def _bases(bundle_dir: Path) -> tuple[Bundle, dict[str, PairBase]]:
     bundle = Bundle.open(bundle_dir)
-    spec = bundle.model(role)
-    assert spec["kind"] == "pair-base" and spec["trained"] is False
-    base = PairBase.load(bundle.file(role, "weights"))
-    assert base.hidden == spec["hidden"]
+    return bundle, {r: PairBase.load(bundle.file(r, "weights")) for r in ("reranker", "adapter")}
 
+
+def test_the_manifest_describes_untrained_bases_and_their_features(bundle_dir: Path) -> None:
+    bundle, bases = _bases(bundle_dir)
+    for role, names in (("reranker", reranker_features.FEATURE_NAMES),
+                        ("adapter", adapter_features.FEATURE_NAMES)):
+        spec = bundle.model(role)
+        assert spec["kind"] == "pair-base" and spec["trained"] is False
+        assert bases[role].hidden == spec["hidden"]
+        assert bases[role].feature_names == names == tuple(spec["named_features"])
+
+
+def test_untrained_reranker_ranks_by_cosine_alone(bundle_dir: Path) -> None:
+    bundle, bases = _bases(bundle_dir)
+    base = bases["reranker"]
     vecs = Encoder(bundle).encode(TEXTS)
+    rng = np.random.default_rng(0)
     for i, q in enumerate(vecs):
         docs = np.delete(vecs, i, axis=0)
-        scores = base.head.scores(base.hidden_of(q, docs))
         cosine = docs @ q
+        X = rng.uniform(0, 1, (len(docs), base.n_features)).astype(np.float32)
+        X[:, 0] = cosine  # the other features are noise the base head must ignore
+        scores = base.head.scores(base.hidden_of(q, docs, X))
         assert np.array_equal(
             np.argsort(-scores, kind="stable"), np.argsort(-cosine, kind="stable")
         )
 
 
-def test_adapter_anchor_replaces_the_cosine(bundle_dir: Path) -> None:
-    bundle = Bundle.open(bundle_dir)
-    base = PairBase.load(bundle.file("adapter", "weights"))
+def test_untrained_adapter_picks_greedy_then_votes(bundle_dir: Path) -> None:
+    bundle, bases = _bases(bundle_dir)
+    base = bases["adapter"]
     vecs = Encoder(bundle).encode(TEXTS)
-    anchor = np.array([0.1, 0.9, 0.3, 0.5, 0.2, 0.7, 0.4], dtype=np.float32)
-    H = base.hidden_of(vecs[0], vecs[1:], anchor)
-    assert np.allclose(H[:, 0], base.cos_scale * anchor)
-    order = np.argsort(-base.head.scores(H), kind="stable")
-    assert list(order) == list(np.argsort(-anchor, kind="stable"))
+    rng = np.random.default_rng(1)
+    for trial in range(50):
+        X = rng.uniform(0, 1, (7, base.n_features)).astype(np.float32)
+        X[:, adapter_features.GREEDY] = 0.0
+        greedy = int(rng.integers(7))
+        X[greedy, adapter_features.GREEDY] = 1.0
+        X[:, adapter_features.VOTE] = rng.permutation(8)[:7] / 8  # distinct votes
+        X[greedy, adapter_features.VOTE] = 0.0  # the greedy answer wins even unvoted
+        scores = base.head.scores(base.hidden_of(vecs[0], vecs[1:], X))
+        order = np.argsort(-scores, kind="stable")
+        assert order[0] == greedy
+        rest = [i for i in order[1:]]
+        assert rest == sorted(rest, key=lambda i: -X[i, adapter_features.VOTE])

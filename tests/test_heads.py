@@ -345,11 +345,13 @@ def test_bad_fit_inputs_raise(base: PairBase) -> None:
         fit_head(H, y[:-1], init=base.head)
     with pytest.raises(InvalidInputError, match="shape"):
         fit_head(H[:, :10], y, init=base.head)
-    with pytest.raises(InvalidInputError, match="0 or 1"):
+    with pytest.raises(InvalidInputError, match=r"in \[0, 1\]"):
         fit_head(H, np.where(y == 1, 2.0, 0.0), init=base.head)
-    with pytest.raises(InvalidInputError, match="0 or 1"):
-        fit_head(H, np.full(20, 0.5), init=base.head)
-    with pytest.raises(InvalidInputError, match="0 or 1"):
+    with pytest.raises(InvalidInputError, match=r"in \[0, 1\]"):
+        fit_head(H, np.full(20, -0.5), init=base.head)
+    with pytest.raises(InvalidInputError, match=r"in \[0, 1\]"):
+        fit_head(H, np.full(20, np.nan), init=base.head)
+    with pytest.raises(InvalidInputError, match="numbers"):
         fit_head(H, np.array(["1"] * 20), init=base.head)
     bad = H.copy()
     bad[3, 3] = np.nan

@@ -86,7 +86,7 @@ def test_request_shape_and_completion(server: FaultServer, outbox: Outbox,
     with make_client(server.url, outbox) as client:
         out = client.complete("Hello", n=2, temperature=0.7, max_tokens=12, seed=5)
     assert out == Completion(["a", "b"], cached=False, requests_sent=1, model="served-model",
-                             simulated=False)
+                             simulated=False, prompt_tokens=1, completion_tokens=2)
     (req,) = server.captured
     assert req.method == "POST" and req.path == "/v1/chat/completions"
     assert req.headers["content-type"] == "application/json"

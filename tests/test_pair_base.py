@@ -31,7 +31,7 @@ def test_hidden_of_shape_dtype_and_cosine_feature(base: PairBase) -> None:
     H = base.hidden_of(q, D)
     assert H.shape == (20, 64) and H.dtype == np.float32
     assert base.hidden == 64 and base.width == 63 and base.dim == DIM
-    np.testing.assert_allclose(H[:, 0], base.cos_scale * (D @ q), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(H[:, 0], base.feature_scale[0] * (D @ q), rtol=1e-5, atol=1e-6)
     # Not normalised inputs: feature 0 is still the cosine.
     np.testing.assert_allclose(base.hidden_of(3 * q, 2 * D)[:, 0], H[:, 0], rtol=1e-5, atol=1e-6)
     assert base.hidden_of(q, np.zeros((0, DIM), np.float32)).shape == (0, 64)
@@ -88,7 +88,7 @@ def test_base_head_score_is_increasing_over_the_whole_cosine_range(base: PairBas
     cos = np.linspace(-1.0, 1.0, 20001)
     rng = np.random.default_rng(6)
     H = np.tanh(rng.standard_normal((cos.size, base.hidden))).astype(np.float32)
-    H[:, 0] = base.cos_scale * cos  # random other features must not matter
+    H[:, 0] = base.feature_scale[0] * cos  # random other features must not matter
     s = base.head.scores(H)
     assert np.all(np.diff(s) > 0.0)
     assert s[0] < 0.1 and s[-1] > 0.9  # a useful range, not a flat line
@@ -112,9 +112,11 @@ def test_bad_inputs_raise(base: PairBase) -> None:
     with pytest.raises(InvalidInputError):
         base.hidden_of(q, np.zeros((1, DIM)))
     with pytest.raises(InvalidInputError):
-        PairBase(base.W, base.b[:-1], 2.0, base.head)
+        PairBase(base.W, base.b[:-1], ("cos",), [2.0], base.head)
     with pytest.raises(InvalidInputError):
-        PairBase(base.W, base.b, 2.0, PairBase.untrained(hidden=32).head)
+        PairBase(base.W, base.b, ("cos",), [2.0], PairBase.untrained(hidden=32).head)
+    with pytest.raises(InvalidInputError):
+        PairBase(base.W, base.b, ("cos", "cos"), [2.0, 1.0], base.head)
 
 
 @pytest.mark.parametrize("head_rank", [None, 4])
@@ -123,10 +125,13 @@ def test_save_load_round_trip_is_bit_exact(tmp_path: Path, head_rank: int | None
     path = tmp_path / "reranker.npz"
     base.save(path)
     with np.load(path, allow_pickle=False) as npz:  # arrays only
-        assert {"format", "format_version", "W", "b", "cos_scale", "head.b1"} <= set(npz.files)
+        assert {"format", "format_version", "W", "b", "feature_names", "feature_scale",
+                "head.b1"} <= set(npz.files)
     loaded = PairBase.load(path)
     assert np.array_equal(loaded.W, base.W) and np.array_equal(loaded.b, base.b)
-    assert loaded.cos_scale == base.cos_scale and loaded.head.rank == head_rank
+    assert loaded.feature_names == base.feature_names == ("cos",)
+    assert np.array_equal(loaded.feature_scale, base.feature_scale)
+    assert loaded.head.rank == head_rank
     for k, v in base.head.params.items():
         assert np.array_equal(loaded.head.params[k], v)
     rng = np.random.default_rng(10)
@@ -189,3 +194,42 @@ def test_damaged_files_raise_bundle_error(tmp_path: Path, base: PairBase) -> Non
 
 def test_base_head_is_a_head(base: PairBase) -> None:
     assert isinstance(base.head, Head) and base.head.hidden == base.hidden
+
+
+def test_a_version_1_cosine_base_still_loads(tmp_path: Path, base: PairBase) -> None:
+    v1 = tmp_path / "v1.npz"
+    v1.write_bytes(_npz_bytes(
+        format=np.array("hydrahead-pair-base"), format_version=np.array(1), W=base.W, b=base.b,
+        cos_scale=np.array(2.0, np.float32),
+        **{f"head.{k}": v for k, v in base.head.params.items()}))
+    loaded = PairBase.load(v1)
+    assert loaded.feature_names == ("cos",) and loaded.feature_scale[0] == 2.0
+    rng = np.random.default_rng(11)
+    q, D = unit(rng.standard_normal(DIM)), unit(rng.standard_normal((6, DIM)))
+    assert np.array_equal(loaded.hidden_of(q, D), base.hidden_of(q, D))
+
+
+GAINS = {"greedy": 4.0, "vote": 0.5, "other": 0.0}
+
+
+@pytest.mark.parametrize("head_rank", [None, 3, 8])
+def test_named_features_pass_through_and_the_base_head_reads_its_gains(
+        head_rank: int | None) -> None:
+    base = PairBase.untrained(dim=DIM, hidden=16, seed=12, features=GAINS, gain=0.0,
+                              head_rank=head_rank)
+    assert base.feature_names == tuple(GAINS) and base.n_features == 3 and base.hidden == 16
+    rng = np.random.default_rng(13)
+    q, D = unit(rng.standard_normal(DIM)), unit(rng.standard_normal((40, DIM)))
+    X = rng.uniform(0, 1, (40, 3)).astype(np.float32)
+    H = base.hidden_of(q, D, X)
+    np.testing.assert_array_equal(H[:, :3], X)
+    assert not H[:, 3:].any()  # gain 0: the non-linear features are off
+    margin = np.log(base.head.scores(H)) - np.log1p(-base.head.scores(H))
+    expected = 4.0 * np.tanh(X[:, 0]) + 0.5 * np.tanh(X[:, 1])  # "other" has gain 0
+    np.testing.assert_allclose(margin, expected, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="pass them"):
+        base.hidden_of(q, D)
+    with pytest.raises(InvalidInputError, match="features"):
+        base.hidden_of(q, D, X[:, :2])
+    with pytest.raises(InvalidInputError, match="head_rank"):
+        PairBase.untrained(hidden=16, features=GAINS, head_rank=2)

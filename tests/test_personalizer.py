@@ -18,6 +18,7 @@ from hydrahead.runtime.errors import (
     LLMError,
     TaskError,
 )
+from hydrahead.runtime.adapter_features import candidate_features
 from hydrahead.runtime.heads import Head
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.config import LLMConfig
@@ -93,7 +94,9 @@ def test_fit_saves_stamped_heads_and_a_refit_costs_no_requests(
         s = p.fit(budget=40, progress=False)
         assert s.labels.llm_calls == 40 and s.labels.llm_calls_cached == 0
         assert s.labels.simulated
-        assert s.labels.reranker.n_pairs == 8 * 4
+        # half the budget to the adapter (greedy + samples: 10 queries), half to the reranker
+        # (4 judged records + one no-record baseline per query: 4 queries)
+        assert s.labels.reranker.n_pairs == 4 * 4
         assert s.head_bytes["reranker"] == p.heads["reranker"].nbytes > 0
         sent = len(server.captured)
         assert sent == 40
@@ -149,15 +152,17 @@ def test_feedback_moves_the_adapter_toward_the_users_answer(
         query = user["queries"][0]["query"]
         a = p.ask(query)
         labels = [p.task.answer_of(it.record) for it in a.items]
-        wanted = labels[-1]  # the tag of the lowest-ranked prompt record
-        assert len(set(labels)) > 1, "the test needs a prompt whose records disagree"
-        qvec = encoder.encode_one(query)
-        pref = np.array([0.5], dtype=np.float32)
-        before = p.adapter_scores(qvec, encoder.encode([wanted]), pref)[0]
+        wanted = next(lab for lab in labels if lab != a.answer)  # not what the LLM said
+        vec = encoder.encode([wanted])
+
+        def score() -> float:
+            X = candidate_features(p.task, a.context, [wanted], vec)
+            return float(p.adapter_scores(a.context.query_vec, vec, X)[0])
+
+        before = score()
         reranker_before = p.heads["reranker"].params["W2"].copy()
         p.feedback(query, wanted)
-        after = p.adapter_scores(qvec, encoder.encode([wanted]), pref)[0]
-        assert after > before
+        assert score() > before
         assert not np.array_equal(p.heads["reranker"].params["W2"], reranker_before)
         with pytest.raises(InvalidInputError, match="ask"):
             p.feedback("a query never asked", "tests")
@@ -254,22 +259,26 @@ def test_low_rank_heads_are_smaller_and_keep_their_rank(tmp_path, bundle, encode
         _open(tmp_path, bundle, encoder, server.url)
 
 
-@pytest.mark.parametrize(
-    "texts, expected",
-    [
-        (["doc", "tests", "doc", "gitk"], "doc"),  # the most frequent sample
-        (["gitk", "doc", "tests", "refs"], "gitk"),  # all distinct: the first sample
-    ],
-)
-def test_cold_start_adapter_picks_the_llms_favourite(
-    tmp_path, bundle, encoder, user, texts, expected
+@pytest.mark.parametrize("greedy, expected", [(True, "refs"), (False, "doc")])
+def test_cold_start_adapter_answers_what_the_llm_answers(
+    tmp_path, bundle, encoder, user, greedy, expected
 ):
-    with FaultServer(default=chat_reply(texts)) as fault:
+    """Unfitted, the adapter picks the LLM's temperature-0 answer even when the samples vote
+    otherwise, so the base pipeline is dense RAG; without it, the most voted sample."""
+    samples = chat_reply(["doc", "tests", "doc", "gitk", "refs", "doc", "tests", "doc"])
+    with FaultServer(default=samples) as fault:
+        if greedy:
+            fault.script(chat_reply(["refs"]))
         with _open(
-            tmp_path, bundle, encoder, fault.url, llm_options=dict(FAST_RETRY, max_extra_calls=0)
+            tmp_path, bundle, encoder, fault.url, greedy=greedy,
+            llm_options=dict(FAST_RETRY, max_extra_calls=0)
         ) as p:
             import_records(p.store, p.task, user["history"])
             a = p.ask(user["queries"][0]["query"])
-    assert a.answer == expected
-    assert a.candidates[0].text == expected
-    assert a.candidates[0].llm_preference == max(c.llm_preference for c in a.candidates)
+        sent = [r.json() for r in fault.captured]
+    assert [(b["n"], b["temperature"]) for b in sent] == ([(1, 0.0)] if greedy else []) + [(8, 1.0)]
+    assert len({b["messages"][0]["content"] for b in sent}) == 1  # one prompt, asked twice
+    assert a.answer == expected == a.candidates[0].text
+    assert a.candidates[0].features["llm_greedy"] == float(greedy)
+    assert a.candidates[0].features["llm_vote"] == (1 / 8 if greedy else 4 / 8)
+    assert a.llm_requests == len(sent)

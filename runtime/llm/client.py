@@ -84,6 +84,9 @@ class Completion:
             0 when cached). Equals the number of records the call added to the outbox.
         model: The model name the server reported (the configured one if it reported none).
         simulated: True when the answer came from hydrahead's offline simulator.
+        prompt_tokens: Prompt tokens the server reported, summed over the requests sent (0 when
+            cached or not reported).
+        completion_tokens: Completion tokens, likewise.
     """
 
     texts: list[str]
@@ -91,6 +94,8 @@ class Completion:
     requests_sent: int
     model: str
     simulated: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class _Answer:
     texts: list[str]
     model: str | None
     simulated: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class _Retryable(Exception):
@@ -184,6 +191,7 @@ class LLMClient:
         tally = _Tally()
         first = self._request(body, require_choices=True, tally=tally)
         texts = first.texts[:n]
+        tokens = [first.prompt_tokens, first.completion_tokens]
         extra = 0
         interrupted = False  # an extra call failed: a retry later may get more, so do not cache
         while len(texts) < n and extra < self.config.max_extra_calls:
@@ -198,6 +206,7 @@ class LLMClient:
                             extra, len(texts), n, exc)
                 interrupted = True
                 break
+            tokens = [tokens[0] + answer.prompt_tokens, tokens[1] + answer.completion_tokens]
             if not answer.texts:
                 break
             texts.extend(answer.texts[: n - len(texts)])
@@ -205,7 +214,7 @@ class LLMClient:
         model = first.model or self.config.model
         if key is not None and self.cache is not None and not interrupted:
             self.cache.put(key, texts, model=model, simulated=first.simulated)
-        return Completion(texts, False, tally.sent, model, first.simulated)
+        return Completion(texts, False, tally.sent, model, first.simulated, *tokens)
 
     def close(self) -> None:
         """Close the HTTP session (the cache and outbox belong to the caller)."""
@@ -445,7 +454,10 @@ def _parse_completion(raw: bytes) -> _Answer:
     fingerprint = data.get("system_fingerprint")
     simulated = any(isinstance(v, str) and v.startswith(SIMULATOR_PREFIX)
                     for v in (fingerprint, model))
-    return _Answer([content for _, content in indexed], model, simulated)
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    tokens = [t if _is_int(t) and t >= 0 else 0 for t in tokens]
+    return _Answer([content for _, content in indexed], model, simulated, *tokens)
 
 
 def _messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

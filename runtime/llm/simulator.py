@@ -34,10 +34,11 @@ Contract
    labels they are shown), so unrelated history misleads a little. Defaults: ``a = 2.0``,
    ``b = 6.0``, ``gamma = 2.0``, ``eps = 0.05`` (see :class:`SimulatorParams`).
 3. **Sampling.** ``temperature == 0`` answers the argmax (``n`` times). With ``temperature > 0``
-   it samples from ``p`` at that temperature, without replacement while distinct answers
-   remain, so ``n = 5`` over 15 labels gives 5 different labels. The random generator is
-   seeded from a SHA-256 of the five request fields above (``seed`` included): the same request
-   always gets the same candidates, another ``seed`` (generally) other ones.
+   it draws ``n`` independent samples from ``p`` at that temperature, *with* replacement, as
+   OpenAI, vLLM and Ollama do: a likely answer comes back several times, so the vote share of
+   the ``n`` samples carries the model's confidence. The random generator is seeded from a
+   SHA-256 of the five request fields above (``seed`` included): the same request always gets
+   the same candidates, another ``seed`` (generally) other ones.
 4. **Generation** (no ``Options:`` line): candidates are extractive / compressive variants of
    the query (first sentence, its leading clause, the sentence from an action verb such as
    "teaches ..." on, the densest key-word window, the key words alone), each fitted to a target
@@ -491,20 +492,11 @@ def _argmax(scores: Sequence[float]) -> int:
 
 def _sample(items: list[str], scores: list[float], n: int, temperature: float,
             rng: random.Random) -> list[str]:
-    """``n`` draws: argmax at temperature 0, else without replacement while items remain."""
+    """``n`` draws: the argmax at temperature 0, else i.i.d. draws from the softmax."""
     if temperature <= 0:
         return [items[_argmax(scores)]] * n
-    probs = _softmax(scores, temperature)
-    left = list(range(len(items)))
-    out = []
-    for _ in range(n):
-        if not left:
-            out.append(items[rng.choices(range(len(items)), weights=probs)[0]])
-            continue
-        pick = rng.choices(left, weights=[probs[i] + 1e-12 for i in left])[0]
-        left.remove(pick)
-        out.append(items[pick])
-    return out
+    picks = rng.choices(range(len(items)), weights=_softmax(scores, temperature), k=n)
+    return [items[i] for i in picks]
 
 
 # --------------------------------------------------------------------------- option scoring

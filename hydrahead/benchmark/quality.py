@@ -1,0 +1,436 @@
+"""The quality benchmark: hydrahead against prompt-based personalisation, per LaMP question.
+
+For every evaluation question of a LaMP-format directory, with the same LLM, ``k``, ``m``,
+``N`` and seeds, each system answers:
+
+* prompt-based baselines, one greedy answer (``n=1``, temperature 0) each:
+  ``zero-shot`` (no history), ``random`` (``m`` random history records), ``bm25`` (the BM25 top
+  ``m``, rank-bm25), ``dense`` (the cosine top ``m``: plain RAG);
+* hydrahead's ``Personalizer.ask`` (greedy answer + ``N`` samples, adapter pick) with
+  ``base`` heads (nothing fitted), ``reranker-fitted`` (the user's reranker head, base
+  adapter), ``adapter-fitted`` (base reranker, the user's adapter head) and ``fitted`` (both);
+  and ``fitted-binary``, the full pipeline fitted with HYDRA's binary reranker labels.
+
+A user's history is the union of their questions' profiles **minus the items that are
+themselves questions** (LaMP-style time splits put a user's earlier questions, answers
+included, into the later questions' profiles; keeping them would leak gold answers). Each user
+gets a fresh data root. Nothing depends on the machine's speed: requests are seeded per
+question, the response cache is off (every system pays its own requests), and timings are only
+reported. With the offline simulator, results are simulator results and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hydrahead import __version__
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.encoder import Encoder
+from hydrahead.runtime.errors import InvalidInputError
+from hydrahead.runtime.importing import import_records, lamp_profile
+from hydrahead.runtime.labeling import query_seed
+from hydrahead.runtime.llm.client import LLMClient
+from hydrahead.runtime.llm.config import LLMConfig
+from hydrahead.runtime.llm.outbox import Outbox
+from hydrahead.runtime.personalizer import ROLES, Personalizer
+from hydrahead.runtime.tasks import Task, get_task
+from hydrahead.runtime.tasks.lamp import LampQuestion, load_lamp_questions
+
+BASELINES = ("zero-shot", "random", "bm25", "dense")
+HYDRA = {  # system -> (reranker head fitted, adapter head fitted)
+    "base": (False, False),
+    "reranker-fitted": (True, False),
+    "adapter-fitted": (False, True),
+    "fitted": (True, True),
+}
+SYSTEMS = (*BASELINES, *HYDRA, "fitted-binary")
+DESCRIPTIONS = {
+    "zero-shot": "no history in the prompt (n=1, T=0)",
+    "random": "m random history records (n=1, T=0)",
+    "bm25": "BM25 top m (n=1, T=0)",
+    "dense": "cosine top m: plain RAG (n=1, T=0)",
+    "base": "hydrahead, shared base heads only (nothing fitted)",
+    "reranker-fitted": "hydrahead, user's reranker head + base adapter",
+    "adapter-fitted": "hydrahead, base reranker + user's adapter head",
+    "fitted": "hydrahead, both heads fitted (graded reranker labels)",
+    "fitted-binary": "hydrahead, both heads fitted (HYDRA's binary reranker labels)",
+}
+
+
+@dataclass
+class Settings:
+    """What every system shares."""
+
+    k: int = 20
+    m: int = 4
+    n: int = 8
+    temperature: float = 1.0
+    budget: int = 100
+    seed: int = 0
+    max_tokens: int = 64
+
+
+@dataclass
+class Outcome:
+    """One system's answer to one question."""
+
+    pred: Any
+    score: float  # per-question quality: 1/0 (labels), ROUGE mean (generation), -|error| (ratings)
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    local_ms: float
+
+
+@dataclass
+class FitStats:
+    """What fitting cost and produced for one user."""
+
+    rule: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    reranker_pairs: int
+    reranker_positive: int
+    adapter_pairs: int
+    adapter_positive: int
+    fitted: dict[str, bool]
+    state_bytes: int  # bytes of everything learned for the user (the head files)
+
+
+@dataclass
+class Results:
+    """Everything one benchmark run measured (``to_json`` for machines)."""
+
+    meta: dict[str, Any]
+    questions: list[dict[str, Any]] = field(default_factory=list)  # id, user, gold
+    outcomes: dict[str, list[Outcome]] = field(default_factory=lambda: defaultdict(list))
+    fits: list[FitStats] = field(default_factory=list)
+    oracle: list[float] = field(default_factory=list)  # best candidate of `fitted`, per question
+
+    def summary(self, task: Task) -> dict[str, Any]:
+        """Per system: metrics, gain over the best prompt baseline, wins/losses, costs."""
+        primary = primary_metric(task)
+        lower_better = task.kind == "regression"
+        golds = [q["gold"] for q in self.questions]
+        metrics = {s: task.evaluate([o.pred for o in self.outcomes[s]], golds)
+                   for s in SYSTEMS if self.outcomes.get(s)}
+        baselines = [s for s in BASELINES if s in metrics]
+        best = (min if lower_better else max)(baselines, key=lambda s: metrics[s][primary])
+        ref = metrics[best][primary]
+        out: dict[str, Any] = {"primary_metric": primary, "best_baseline": best, "systems": {}}
+        ref_scores = np.array([o.score for o in self.outcomes[best]])
+        for s, mets in metrics.items():
+            outs = self.outcomes[s]
+            scores = np.array([o.score for o in outs])
+            gain = (ref - mets[primary]) if lower_better else (mets[primary] - ref)
+            out["systems"][s] = {
+                "description": DESCRIPTIONS[s],
+                "metrics": {k: v for k, v in mets.items() if k != "n"},
+                "relative_to_best_baseline": gain / abs(ref) if ref else float("nan"),
+                "wins": int(np.sum(scores > ref_scores + 1e-9)),
+                "losses": int(np.sum(scores < ref_scores - 1e-9)),
+                "llm_requests": int(sum(o.requests for o in outs)),
+                "prompt_tokens": int(sum(o.prompt_tokens for o in outs)),
+                "completion_tokens": int(sum(o.completion_tokens for o in outs)),
+                "local_ms_p50": float(np.median([o.local_ms for o in outs])),
+            }
+        for rule in ("graded", "binary"):
+            fits = [f for f in self.fits if f.rule == rule]
+            if fits:
+                out[f"fit_{rule}"] = {
+                    "users": len(fits),
+                    "llm_requests_per_user": float(np.mean([f.requests for f in fits])),
+                    "tokens_per_user": float(np.mean([f.prompt_tokens + f.completion_tokens
+                                                      for f in fits])),
+                    "seconds_per_user": float(np.mean([f.seconds for f in fits])),
+                    "reranker_positive_rate": _rate(fits, "reranker"),
+                    "adapter_positive_rate": _rate(fits, "adapter"),
+                    "heads_fitted": {r: sum(f.fitted[r] for f in fits) for r in ROLES},
+                    "state_bytes_max": max(f.state_bytes for f in fits),
+                }
+        if self.oracle:
+            out["oracle_fitted"] = float(np.mean(self.oracle))
+        return out
+
+    def to_json(self, task: Task) -> dict[str, Any]:
+        """The whole run: settings, summary, and every per-question outcome."""
+        return {
+            "meta": self.meta,
+            "summary": self.summary(task),
+            "questions": [
+                {**q, "systems": {s: asdict(self.outcomes[s][i]) for s in SYSTEMS
+                                  if self.outcomes.get(s)}}
+                for i, q in enumerate(self.questions)
+            ],
+            "fits": [asdict(f) for f in self.fits],
+        }
+
+
+# ------------------------------------------------------------------------------------- data
+def task_folder(data: Path, task: Task) -> Path:
+    """The folder holding ``{split}_questions.json``: ``data/<task>/`` if present, else ``data``."""
+    nested = data / task.name
+    return nested if nested.is_dir() else data
+
+
+def load_users(data: Path, task: Task, split: str
+               ) -> list[tuple[str, list[dict[str, Any]], list[LampQuestion]]]:
+    """Each user of the split: history rows (question items removed) and questions, file order."""
+    folder = task_folder(data, task)
+    questions = load_lamp_questions(folder / f"{split}_questions.json",
+                                    folder / f"{split}_outputs.json")
+    by_user: dict[str, list[LampQuestion]] = defaultdict(list)
+    for q in questions:
+        by_user[q.user_id].append(q)
+    users = []
+    for user_id, own in by_user.items():
+        asked = {q.id for q in own}
+        rows = [r for r in lamp_profile(questions, user_id) if str(r.get("id")) not in asked]
+        users.append((user_id, rows, own))
+    return users
+
+
+# ------------------------------------------------------------------------------------- run
+@contextmanager
+def llm_endpoint(llm_url: str | None, offline: bool) -> Iterator[tuple[str, bool]]:
+    """The endpoint to use: ``llm_url``, or the offline simulator started for the run."""
+    if offline or not llm_url:
+        from hydrahead.runtime.llm.offline import OfflineLLMServer
+
+        with OfflineLLMServer() as server:
+            yield server.url, True
+        return
+    yield llm_url, False
+
+
+def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
+        llm_url: str | None = None, offline: bool = False, model: str | None = None,
+        settings: Settings | None = None, users: int | None = None, compare_binary: bool = True,
+        encoder_threads: int | None = None,
+        progress: Callable[[str], None] | None = None) -> tuple[Task, Results]:
+    """Run every system on every question of ``split``; see the module docstring.
+
+    Args:
+        data: A LaMP-format directory (``<task>/`` inside it, or the task's files directly).
+        task_name: Task name or task spec path (``get_task``).
+        split: Which questions: ``dev`` (default), ``train`` or ``test`` (needs outputs).
+        bundle: Model bundle directory.
+        llm_url: OpenAI-compatible base URL; ``None`` or ``offline`` uses the simulator.
+        offline: Use the offline simulator even if ``llm_url`` is given.
+        model: Model name for a real endpoint (default: ``$HYDRAHEAD_LLM_MODEL``).
+        settings: k, m, N, temperature, fit budget, seed.
+        users: Only the first this many users.
+        compare_binary: Also fit with HYDRA's binary reranker labels (``fitted-binary``).
+        encoder_threads: Threads of the encoder.
+        progress: Called with one line per user.
+    """
+    settings = settings or Settings()
+    task = get_task(task_name)
+    all_users = load_users(Path(data), task, split)[:users]
+    if not all_users:
+        raise InvalidInputError(f"no {split} questions for {task.name} in {data}")
+    b = Bundle.open(bundle)
+    encoder = Encoder(b, threads=encoder_threads)
+    started = time.perf_counter()
+    with llm_endpoint(llm_url, offline) as (url, simulated), \
+            tempfile.TemporaryDirectory(prefix="hydrahead-bench-") as tmp:
+        overrides = {"base_url": url, **({"model": model} if model else {})}
+        config = LLMConfig.from_env(**overrides)
+        results = Results(meta={
+            "hydrahead": __version__, "task": task.name, "split": split,
+            "data": str(data), "llm": url if not simulated else "offline simulator",
+            "model": config.model, "simulated": simulated, "settings": asdict(settings),
+            "users": len(all_users), "bundle": str(bundle),
+            "bundle_fingerprint": b.fingerprint[:12], "python": platform.python_version(),
+        })
+        for i, (user_id, rows, questions) in enumerate(all_users, 1):
+            t0 = time.perf_counter()
+            _run_user(Path(tmp) / f"user{i}", user_id, rows, questions, task, b, encoder,
+                      config, settings, results, compare_binary)
+            if progress:
+                progress(f"[{i}/{len(all_users)}] {user_id}: {len(rows)} records, "
+                         f"{len(questions)} questions, {time.perf_counter() - t0:.1f} s")
+        results.meta["seconds"] = round(time.perf_counter() - started, 1)
+        results.meta["simulated_answers"] = simulated
+    return task, results
+
+
+def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
+              questions: list[LampQuestion], task: Task, bundle: Bundle, encoder: Encoder,
+              config: LLMConfig, s: Settings, results: Results, compare_binary: bool) -> None:
+    queries = [task.query_text(q.input) for q in questions]
+    golds = [q.gold or "" for q in questions]
+    results.questions += [{"id": q.id, "user": user_id, "gold": g}
+                          for q, g in zip(questions, golds)]
+    client = LLMClient(config, cache=None, outbox=Outbox(root / "outbox.jsonl", enabled=False))
+    options = dict(k=s.k, m=s.m, n=s.n, temperature=s.temperature, seed=s.seed,
+                   max_tokens=s.max_tokens)
+    with client, Personalizer.open(user_id, bundle=bundle, encoder=encoder, task=task,
+                                   llm=client, root=root, **options) as p:
+        import_records(p.store, task, rows)
+        baselines = _Baselines(p, rows, s)
+        for q, g in zip(queries, golds):
+            for name in BASELINES:
+                results.outcomes[name].append(baselines.answer(name, q, g))
+        for q, g in zip(queries, golds):
+            results.outcomes["base"].append(_ask(p, q, g))
+        results.fits.append(_fit(p, client, s, "graded"))
+        fitted = dict(p.heads)
+        for name, (rr, ad) in HYDRA.items():
+            if name == "base":
+                continue
+            p.heads = {"reranker": fitted["reranker"] if rr else p.base_heads["reranker"],
+                       "adapter": fitted["adapter"] if ad else p.base_heads["adapter"]}
+            for q, g in zip(queries, golds):
+                answer = _ask(p, q, g, oracle=results.oracle if name == "fitted" else None)
+                results.outcomes[name].append(answer)
+        if compare_binary:
+            p.heads = {r: p.base_heads[r] for r in ROLES}
+            results.fits.append(_fit(p, client, s, "binary"))
+            for q, g in zip(queries, golds):
+                results.outcomes["fitted-binary"].append(_ask(p, q, g))
+
+
+class _Baselines:
+    """The prompt-based systems of one user."""
+
+    def __init__(self, p: Personalizer, rows: list[dict[str, Any]], s: Settings) -> None:
+        from rank_bm25 import BM25Okapi  # the [bench] extra
+
+        self.p, self.s = p, s
+        self.records = p.store.list()
+        self.bm25 = BM25Okapi([_words(p.task.example_text(r)) for r in self.records])
+
+    def answer(self, name: str, query: str, gold: str) -> Outcome:
+        p, s = self.p, self.s
+        t0 = time.perf_counter()
+        if name == "zero-shot":
+            examples = []
+        elif name == "random":
+            rng = np.random.default_rng(query_seed(query, s.seed))
+            pick = rng.choice(len(self.records), min(s.m, len(self.records)), replace=False)
+            examples = [self.records[i] for i in sorted(pick)]
+        elif name == "bm25":
+            scores = self.bm25.get_scores(_words(query))
+            examples = [self.records[i] for i in np.argsort(-scores, kind="stable")[: s.m]]
+        else:
+            examples = [h.record for h in p.store.search(query, k=s.m)]
+        prompt = p.task.render_prompt(query, examples)
+        local_ms = (time.perf_counter() - t0) * 1e3
+        c = p.llm.complete(prompt, n=1, temperature=0.0, max_tokens=s.max_tokens,
+                           seed=query_seed(query, s.seed))
+        text = c.texts[0] if c.texts else ""
+        pred = p.task.parse(text)
+        return Outcome(pred, question_score(p.task, pred, gold), c.requests_sent,
+                       c.prompt_tokens, c.completion_tokens, local_ms)
+
+
+def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = None) -> Outcome:
+    a = p.ask(query)
+    if oracle is not None:
+        oracle.append(max(question_score(p.task, c.answer, gold) for c in a.candidates))
+    return Outcome(a.answer, question_score(p.task, a.answer, gold), a.llm_requests,
+                   a.prompt_tokens, a.completion_tokens, a.local_ms)
+
+
+def _fit(p: Personalizer, client: LLMClient, s: Settings, rule: str) -> FitStats:
+    tokens = _TokenTally(client)
+    with tokens:
+        summary = p.fit(budget=s.budget, progress=False, reranker_rule=rule)
+    labels = summary.labels
+    state = sum(f.stat().st_size for f in p.heads_dir.glob("*.npz"))
+    return FitStats(rule, tokens.requests, tokens.prompt, tokens.completion, summary.seconds,
+                    labels.reranker.n_pairs, labels.reranker.n_positive, labels.adapter.n_pairs,
+                    labels.adapter.n_positive,
+                    {r: summary.reports[r] is not None for r in ROLES}, state)
+
+
+class _TokenTally:
+    """Counts the requests and tokens of every ``complete`` on a client while active."""
+
+    def __init__(self, client: LLMClient) -> None:
+        self.client, self.requests, self.prompt, self.completion = client, 0, 0, 0
+
+    def __enter__(self) -> _TokenTally:
+        original = self.client.complete
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            c = original(*args, **kwargs)
+            self.requests += c.requests_sent
+            self.prompt += c.prompt_tokens
+            self.completion += c.completion_tokens
+            return c
+
+        self.client.complete = counted  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.client.complete  # back to the class's method
+
+
+def question_score(task: Task, pred: Any, gold: str) -> float:
+    """One question's quality: 1/0 (labels), (ROUGE-1 + ROUGE-L) / 2 (generation), or minus
+    the absolute error with LaMP's worst-case stand-in for no answer (ratings)."""
+    if task.kind == "generation":
+        return task.rouge(None if pred is None else str(pred), gold)
+    if task.kind == "regression":
+        mae = task.evaluate([pred], [gold])["mae"]
+        return -mae
+    return float(task.is_correct(pred, gold))
+
+
+def primary_metric(task: Task) -> str:
+    """The metric the headline compares: accuracy, rouge-1 or mae."""
+    return {"classification": "accuracy", "generation": "rouge-1", "regression": "mae"}[task.kind]
+
+
+def _rate(fits: Sequence[FitStats], role: str) -> float:
+    pairs = sum(getattr(f, f"{role}_pairs") for f in fits)
+    return sum(getattr(f, f"{role}_positive") for f in fits) / pairs if pairs else float("nan")
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def write_json(path: Path, task: Task, results: Results) -> None:
+    """Write the run as JSON (machine-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results.to_json(task), indent=1, default=str) + "\n",
+                    encoding="utf-8")
+
+
+def source_fingerprint(root: Path | None = None) -> str:
+    """sha256 (12 hex digits) of the installed hydrahead sources: which code made the numbers."""
+    import hashlib
+
+    base = root or Path(__file__).resolve().parents[1].parent
+    digest = hashlib.sha256()
+    for folder in ("runtime", "hydrahead"):
+        for path in sorted((base / folder).rglob("*")):
+            if path.suffix in (".py", ".json") and path.is_file() and "__pycache__" not in str(path):
+                digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def environment_note() -> str:
+    """Where a run happened (for the report)."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
