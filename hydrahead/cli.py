@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -326,6 +327,94 @@ def serve_offline(host: str, port: int, capture: str | None) -> None:
     serve_forever(host, port, capture_path=capture)
 
 
+# ---------------------------------------------------------------------------- bench
+@cli.group()
+def bench() -> None:
+    """Benchmarks (need hydrahead[bench])."""
+
+
+@bench.command("quality")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A LaMP-format directory (with <task>/ inside, or the task's files).")
+@click.option("--task", "task_name", required=True, help="Task name or task spec JSON file.")
+@click.option("--split", default="dev", show_default=True)
+@click.option("--users", type=click.IntRange(min=1), help="Only the first N users.")
+@click.option("--budget", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Fit budget: LLM calls per user.")
+@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("-m", "m", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("-n", "n", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--model", help="Model name for --llm-url (default: $HYDRAHEAD_LLM_MODEL).")
+@click.option("--no-binary", is_flag=True, help="Skip the fit with HYDRA's binary labels.")
+@click.option("--out", default="bench/results", show_default=True,
+              type=click.Path(file_okay=False), help="Where the JSON, Markdown and PNG go.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Also replace this run's section of a Markdown report (bench/QUALITY.md).")
+@with_llm
+@pass_ctx
+def bench_quality(obj: Context, data: str, task_name: str, split: str, users: int | None,
+                  budget: int, k: int, m: int, n: int, seed: int, model: str | None,
+                  no_binary: bool, out: str, report: str | None, llm_url: str | None,
+                  offline: bool) -> None:
+    """Every system on every question, same LLM and settings: one table, JSON and a chart.
+
+    Prompt-based baselines (zero-shot, random, BM25 and dense top m) against hydrahead with
+    base heads, each head fitted alone, and both fitted. Without --llm-url the offline
+    simulator answers (and every output says so).
+    """
+    _need_bench_extra()
+    from hydrahead.benchmark import quality, report as reports
+    from hydrahead.demo import ensure_bundle
+    from hydrahead.runtime.errors import HydraheadError
+
+    if m > k:
+        raise click.BadParameter(f"-m ({m}) cannot exceed -k ({k})", param_hint="-m")
+    command = shlex.join(["hydrahead", *sys.argv[1:]])
+    settings = quality.Settings(k=k, m=m, n=n, budget=budget, seed=seed)
+    try:
+        ensure_bundle(obj.bundle_dir, echo=lambda s: click.echo(s, err=True))
+        task, results = quality.run(
+            Path(data), task_name, split=split, bundle=obj.bundle_dir, llm_url=llm_url,
+            offline=offline, model=model, settings=settings, users=users,
+            compare_binary=not no_binary, progress=lambda s: click.echo(s, err=True))
+    except HydraheadError as exc:
+        _fail(exc)
+    files = reports.outputs(Path(out), results)
+    quality.write_json(files["json"], task, results)
+    section = reports.markdown(task, results, command=command, version=reports.code_version())
+    files["md"].write_text(section, encoding="utf-8")
+    reports.chart(files["png"], task, results)
+    if report:
+        reports.update_report(Path(report), section)
+    click.echo(section)
+    for path in files.values():
+        click.echo(f"wrote {path}", err=True)
+
+
+@bench.command("world")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--train-users", default=12, show_default=True, type=click.IntRange(min=0))
+@click.option("--dev-users", default=12, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def bench_world(out: str, train_users: int, dev_users: int, seed: int) -> None:
+    """Write the synthetic persona world (LaMP format, task GIT_area) to a directory."""
+    from hydrahead.benchmark.persona_world import write_world
+
+    path = write_world(out, train_users=train_users, dev_users=dev_users, seed=seed)
+    click.echo(f"wrote the persona world to {path} (use --data {path} --task GIT_area)")
+
+
+def _need_bench_extra() -> None:
+    for module in ("rank_bm25", "matplotlib"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise click.ClickException(
+                f"the quality benchmark needs {module}: pip install 'hydrahead[bench]'"
+            ) from None
+
+
 # ---------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--budget", default=120, show_default=True, help="LLM calls for fitting.")
@@ -387,7 +476,8 @@ def _answer_dict(a: Any) -> dict[str, Any]:
         "prompt": a.prompt,
         "simulated": a.simulated,
         "candidates": [
-            {"text": c.text, "answer": c.answer, "score": c.score} for c in a.candidates
+            {"text": c.text, "answer": c.answer, "score": c.score, "features": c.features}
+            for c in a.candidates
         ],
         "items": [
             {
@@ -398,6 +488,8 @@ def _answer_dict(a: Any) -> dict[str, Any]:
             for it in a.items
         ],
         "timings_ms": a.timings_ms,
+        "llm_requests": a.llm_requests,
+        "tokens": {"prompt": a.prompt_tokens, "completion": a.completion_tokens},
     }
 
 

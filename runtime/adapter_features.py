@@ -31,6 +31,9 @@ import numpy as np
 
 from .tasks import Task
 
+NEIGHBOUR_TEMPERATURE = 0.05
+RECENT = 5
+
 ADAPTER_FEATURES: dict[str, str] = {
     "llm_greedy": "1 if the candidate is the LLM's temperature-0 answer to the same prompt, else 0",
     "llm_vote": "share of the LLM's N samples that gave this answer",
@@ -41,6 +44,9 @@ ADAPTER_FEATURES: dict[str, str] = {
                          "answered to the most similar items, including those not in the prompt",
     "prompt_agreement": "mean agreement of the candidate with the answers of the m records in "
                         "the prompt",
+    "recent_agreement": "mean agreement of the candidate with the answers of the most recent "
+                        f"{RECENT} of the top-k records (by timestamp): what this user answered "
+                        "lately to similar items, when conventions drift",
     "user_habit": "labels: the share of the user's whole history with this answer (add-one "
                   "smoothed); generation: the weighted share of the top-k records whose answer "
                   "has the same 'prefix: ' form (same prefix, or both none)",
@@ -53,7 +59,6 @@ ADAPTER_FEATURES: dict[str, str] = {
 
 FEATURE_NAMES: tuple[str, ...] = tuple(ADAPTER_FEATURES)
 GREEDY, VOTE = 0, 1  # indices the base head reads
-NEIGHBOUR_TEMPERATURE = 0.05
 _PREFIX = re.compile(r"^([A-Za-z0-9_./*+\-]{1,32}):\s+(?=\S)")
 _WORD = re.compile(r"\w+")
 
@@ -66,6 +71,7 @@ class CandidateContext:
         query_vec: The query's embedding.
         neighbour_answers: Answers of the top-k retrieved records, best first (None: no answer).
         neighbour_scores: Their cosine similarities to the query.
+        neighbour_times: Their timestamps (None: unknown).
         prompt_answers: Answers of the m records in the prompt.
         greedy: The LLM's temperature-0 answer (None when it was not asked for).
         samples: The LLM's N sampled answers, as returned.
@@ -75,6 +81,7 @@ class CandidateContext:
     query_vec: np.ndarray
     neighbour_answers: list[str | None] = field(default_factory=list)
     neighbour_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    neighbour_times: list[float | None] = field(default_factory=list)
     prompt_answers: list[str | None] = field(default_factory=list)
     greedy: str | None = None
     samples: list[str] = field(default_factory=list)
@@ -105,6 +112,7 @@ def candidate_features(
     neighbours = [agree.prepare(a) for a in context.neighbour_answers]
     prompt = [agree.prepare(a) for a in context.prompt_answers]
     weights = _neighbour_weights(context.neighbour_scores, neighbours)
+    recent = _most_recent(neighbours, context.neighbour_times)
     generation = task.kind == "generation"
     if generation:
         habit = _prefix_shares(context.neighbour_answers, weights)
@@ -119,19 +127,20 @@ def candidate_features(
         X[i, 2] = _mean([agree(a, s) for s in samples])
         X[i, 3] = float(sum(w * agree(a, n) for w, n in zip(weights, neighbours) if n is not None))
         X[i, 4] = _mean([agree(a, p) for p in prompt if p is not None])
+        X[i, 5] = _mean([agree(a, r) for r in recent])
         if generation:
-            X[i, 5] = habit.get(_prefix_of(text), 0.0)
+            X[i, 6] = habit.get(_prefix_of(text), 0.0)
             if typical > 0:
                 words = len(_PREFIX.sub("", text.strip()).split())
-                X[i, 6] = float(np.clip(1.0 - abs(words - typical) / typical, -1.0, 1.0))
+                X[i, 7] = float(np.clip(1.0 - abs(words - typical) / typical, -1.0, 1.0))
         else:
             key = task.parse(text)
             count = context.answer_counts.get(str(key), 0) if key is not None else 0
-            X[i, 5] = (count + 1.0) / (total + n_labels)
+            X[i, 6] = (count + 1.0) / (total + n_labels)
     if len(candidates):
         q = np.asarray(context.query_vec, dtype=np.float64)
         C = np.asarray(candidate_vecs, dtype=np.float64)
-        X[:, 7] = (C @ q) / np.maximum(np.linalg.norm(C, axis=1) * np.linalg.norm(q), 1e-12)
+        X[:, 8] = (C @ q) / np.maximum(np.linalg.norm(C, axis=1) * np.linalg.norm(q), 1e-12)
     return X.astype(np.float32)
 
 
@@ -198,6 +207,13 @@ def _neighbour_weights(scores: np.ndarray, answers: Sequence[Any]) -> np.ndarray
     z = np.where(has, (s - s[has].max()) / NEIGHBOUR_TEMPERATURE, -np.inf)
     w = np.exp(z)
     return w / w.sum()
+
+
+def _most_recent(answers: Sequence[Any], times: Sequence[float | None]) -> list[Any]:
+    """The answers of the RECENT newest neighbours that have an answer and a timestamp."""
+    dated = [(t, i) for i, (a, t) in enumerate(zip(answers, times)) if a is not None
+             and t is not None]
+    return [answers[i] for _, i in sorted(dated, reverse=True)[:RECENT]]
 
 
 def _share(items: Sequence[Any], predicate: Any) -> float:

@@ -313,6 +313,7 @@ class Labeler:
                 query_vec=q.vector,
                 neighbour_answers=[self.answers[j] for j in q.hits],
                 neighbour_scores=q.scores,
+                neighbour_times=[self.records[j].timestamp for j in q.hits],
                 prompt_answers=[self.answers[q.hits[j]] for j in top],
                 greedy=greedy, samples=samples, answer_counts=q.counts)
             found.append((q, candidates, targets, context))

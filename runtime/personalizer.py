@@ -404,6 +404,7 @@ class Personalizer:
             query_vec=prepared.query_vec,
             neighbour_answers=[self.task.answer_of(h.record) for h in prepared.neighbours],
             neighbour_scores=np.array([h.score for h in prepared.neighbours], dtype=np.float32),
+            neighbour_times=[h.record.timestamp for h in prepared.neighbours],
             prompt_answers=[self.task.answer_of(it.record) for it in prepared.items],
             greedy=greedy,
             samples=list(samples),

@@ -93,6 +93,7 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int
     local_ms: float
+    simulated: bool  # the answer came from hydrahead's offline simulator (it says so)
 
 
 @dataclass
@@ -254,7 +255,7 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         results = Results(meta={
             "hydrahead": __version__, "task": task.name, "split": split,
             "data": str(data), "llm": url if not simulated else "offline simulator",
-            "model": config.model, "simulated": simulated, "settings": asdict(settings),
+            "model": config.model, "settings": asdict(settings),
             "users": len(all_users), "bundle": str(bundle),
             "bundle_fingerprint": b.fingerprint[:12], "python": platform.python_version(),
         })
@@ -266,7 +267,10 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
                 progress(f"[{i}/{len(all_users)}] {user_id}: {len(rows)} records, "
                          f"{len(questions)} questions, {time.perf_counter() - t0:.1f} s")
         results.meta["seconds"] = round(time.perf_counter() - started, 1)
-        results.meta["simulated_answers"] = simulated
+        # What the answers say about themselves, not what was asked for: a URL may serve the
+        # simulator too.
+        results.meta["simulated"] = any(o.simulated for outs in results.outcomes.values()
+                                        for o in outs)
     return task, results
 
 
@@ -337,7 +341,7 @@ class _Baselines:
         text = c.texts[0] if c.texts else ""
         pred = p.task.parse(text)
         return Outcome(pred, question_score(p.task, pred, gold), c.requests_sent,
-                       c.prompt_tokens, c.completion_tokens, local_ms)
+                       c.prompt_tokens, c.completion_tokens, local_ms, c.simulated)
 
 
 def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = None) -> Outcome:
@@ -345,7 +349,7 @@ def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = No
     if oracle is not None:
         oracle.append(max(question_score(p.task, c.answer, gold) for c in a.candidates))
     return Outcome(a.answer, question_score(p.task, a.answer, gold), a.llm_requests,
-                   a.prompt_tokens, a.completion_tokens, a.local_ms)
+                   a.prompt_tokens, a.completion_tokens, a.local_ms, a.simulated)
 
 
 def _fit(p: Personalizer, client: LLMClient, s: Settings, rule: str) -> FitStats:

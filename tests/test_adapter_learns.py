@@ -1,0 +1,94 @@
+"""The fitted adapter learns a preference that only it can act on.
+
+The users come from the persona world: lately (their newest 60% of it) they file one topic under
+a second-choice tag (their texts mention both tags). The LLM here is a *stubborn* simulated LLM that barely follows
+in-context examples (example weight 0.5 instead of 6), so its greedy answer is the world's
+first choice whatever the prompt holds, and no reranking can fix it; but its samples often
+contain the user's tag. Only an adapter that learned, from the user's own recent records, to
+trust agreement with the user's history can pick it.
+
+The test checks its own power: the same candidates picked by the LLM's vote share, and an
+adapter fitted on inverted labels, both stay far below the fitted adapter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hydrahead.benchmark.persona_world import make_user
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.encoder import Encoder
+from hydrahead.runtime.heads import fit_head
+from hydrahead.runtime.importing import import_records
+from hydrahead.runtime.labeling import Labeler, PairSet
+from hydrahead.runtime.llm.config import LLMConfig
+from hydrahead.runtime.llm.offline import OfflineLLMServer
+from hydrahead.runtime.llm.simulator import SimulatedLLM, SimulatorParams
+from hydrahead.runtime.personalizer import Personalizer
+
+SEEDS = range(5)  # one user per topic that changed
+
+
+def _accuracy(answers: list[str], golds: list[str]) -> float:
+    return float(np.mean([a == g for a, g in zip(answers, golds)]))
+
+
+def _fit_adapter(p: Personalizer, pairs: PairSet) -> None:
+    """Fit the adapter head as Personalizer.fit does (listwise over each query's candidates)."""
+    base = p.bases["adapter"]
+    H = np.concatenate([base.hidden_of(q, D, f)
+                        for q, D, f in zip(pairs.queries, pairs.docs, pairs.features)])
+    groups = np.repeat(np.arange(len(pairs.labels)), [len(y) for y in pairs.labels])
+    p.heads["adapter"], _ = fit_head(H, np.concatenate(pairs.labels), init=p.base_heads["adapter"],
+                                     prior=p.base_heads["adapter"], groups=groups, seed=p.seed)
+
+
+@pytest.fixture(scope="module")
+def outcomes(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    bundle = Bundle.open(bundle_dir)
+    encoder = Encoder(bundle)
+    stubborn = SimulatedLLM(SimulatorParams(example_weight=0.5))
+    picks: dict[str, list[str]] = {"base": [], "fitted": [], "vote": [], "inverted": []}
+    golds: list[str] = []
+    with OfflineLLMServer(simulator=stubborn) as server:
+        for seed in SEEDS:
+            user = make_user(seed, questions=6, drift=0.6)
+            asked = [q for q in user["questions"] if q["topic"] == user["changed_topic"]]
+            golds += [q["gold"] for q in asked]
+            with Personalizer.open(
+                f"u{seed}", bundle=bundle, encoder=encoder, task="GIT_area",
+                llm=LLMConfig.from_env(base_url=server.url), root=tmp_path_factory.mktemp("p"),
+            ) as p:
+                import_records(p.store, p.task, user["history"])
+                picks["base"] += [p.ask(q["text"]).answer for q in asked]
+                labeler = Labeler(p.store, p.task, p.llm, budget=80, adapter_share=1.0,
+                                  progress=False)
+                pairs = labeler.adapter_labels(p.rerank_scores, encoder.encode)
+                _fit_adapter(p, pairs)
+                answers = [p.ask(q["text"]) for q in asked]
+                picks["fitted"] += [a.answer for a in answers]
+                picks["vote"] += [max(a.candidates, key=lambda c: c.features["llm_vote"]).answer
+                                  for a in answers]
+                pairs.labels = [1.0 - y for y in pairs.labels]  # the labels, inverted
+                _fit_adapter(p, pairs)
+                picks["inverted"] += [p.ask(q["text"]).answer for q in asked]
+    return {name: _accuracy(answers, golds) for name, answers in picks.items()}
+
+
+def test_the_unfitted_pipeline_mostly_answers_the_llms_first_choice(
+        outcomes: dict[str, float]) -> None:
+    assert outcomes["base"] <= 0.5
+
+
+def test_the_fitted_adapter_learns_the_users_tag(outcomes: dict[str, float]) -> None:
+    assert outcomes["fitted"] >= 0.75
+    assert outcomes["fitted"] >= outcomes["base"] + 0.3
+
+
+def test_the_check_has_power(outcomes: dict[str, float]) -> None:
+    """Scores replaced by the LLM's votes, or labels inverted, fail the test above."""
+    assert outcomes["vote"] <= 0.5
+    assert outcomes["inverted"] <= 0.2
