@@ -56,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                                         progress=lambda s: print(s, file=sys.stderr))
         results.meta["llm"] = f"offline simulator `{name}`: {LLMS[name]}"
         results.meta["data"] = f"{args.data}#{name}"  # one report section per LLM
-        files = report.outputs(args.out, results)
-        quality.write_json(files["json"], task, results)
-        section = report.markdown(task, results, command=command, version=report.code_version())
-        files["md"].write_text(section, encoding="utf-8")
-        if args.report:
-            report.update_report(args.report, section)
+        section, _ = report.write_all(args.out, task, results, command=command,
+                                      report=args.report)
         print(section)
     return 0
 

@@ -380,13 +380,8 @@ def bench_quality(obj: Context, data: str, task_name: str, split: str, users: in
             compare_binary=not no_binary, progress=lambda s: click.echo(s, err=True))
     except HydraheadError as exc:
         _fail(exc)
-    files = reports.outputs(Path(out), results)
-    quality.write_json(files["json"], task, results)
-    section = reports.markdown(task, results, command=command, version=reports.code_version())
-    files["md"].write_text(section, encoding="utf-8")
-    reports.chart(files["png"], task, results)
-    if report:
-        reports.update_report(Path(report), section)
+    section, files = reports.write_all(Path(out), task, results, command=command,
+                                       report=Path(report) if report else None)
     click.echo(section)
     for path in files.values():
         click.echo(f"wrote {path}", err=True)
@@ -442,7 +437,8 @@ def _print_fit(s: Any) -> None:
         f"labelled {lab.reranker.n_pairs} reranker pairs ({lab.reranker.n_positive} positive) "
         f"and {lab.adapter.n_pairs} adapter pairs ({lab.adapter.n_positive} positive) "
         f"from {lab.queries_used} history queries; {lab.llm_calls} LLM calls "
-        f"({lab.llm_calls_cached} from cache)"
+        f"({lab.llm_calls_cached} from cache; {lab.requests_sent} requests sent, "
+        f"{lab.prompt_tokens + lab.completion_tokens} tokens)"
     )
     for role, rep in s.reports.items():
         state = (

@@ -100,7 +100,15 @@ class PairSet:
 
 @dataclass
 class LabelSet:
-    """What one labelling run produced."""
+    """What one labelling run produced, and what it cost.
+
+    Attributes:
+        llm_calls: Logical LLM calls (``complete``), cached ones included.
+        llm_calls_cached: Of those, the ones the response cache answered.
+        requests_sent: HTTP requests actually sent (retries and extra calls included).
+        prompt_tokens: Prompt tokens the server reported for them.
+        completion_tokens: Completion tokens likewise.
+    """
 
     reranker: PairSet
     adapter: PairSet
@@ -108,6 +116,9 @@ class LabelSet:
     llm_calls: int
     llm_calls_cached: int
     simulated: bool
+    requests_sent: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 def query_seed(text: str, seed: int = 0) -> int:
@@ -120,12 +131,18 @@ class _Counter:
     calls: int = 0
     cached: int = 0
     simulated: bool = False
+    sent: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     def complete(self, llm: LLMClient, prompt: str, **kwargs: object) -> list[str]:
         c = llm.complete(prompt, **kwargs)  # type: ignore[arg-type]
         self.calls += 1
         self.cached += int(c.cached)
         self.simulated = self.simulated or c.simulated
+        self.sent += c.requests_sent
+        self.prompt_tokens += c.prompt_tokens
+        self.completion_tokens += c.completion_tokens
         return c.texts
 
 
@@ -345,7 +362,8 @@ class Labeler:
     def summary(self, reranker: PairSet, adapter: PairSet) -> LabelSet:
         """The labels with this labeler's call counts."""
         c = self._counter
-        return LabelSet(reranker, adapter, self.queries_used, c.calls, c.cached, c.simulated)
+        return LabelSet(reranker, adapter, self.queries_used, c.calls, c.cached, c.simulated,
+                        c.sent, c.prompt_tokens, c.completion_tokens)
 
 
 def _spread(n: int, count: int, rng: np.random.Generator) -> list[int]:

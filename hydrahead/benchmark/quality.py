@@ -21,8 +21,8 @@ reported. With the offline simulator, results are simulator results and say so.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import platform
 import re
 import tempfile
@@ -293,7 +293,7 @@ def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
                 results.outcomes[name].append(baselines.answer(name, q, g))
         for q, g in zip(queries, golds):
             results.outcomes["base"].append(_ask(p, q, g))
-        results.fits.append(_fit(p, client, s, "graded"))
+        results.fits.append(_fit(p, s, "graded"))
         fitted = dict(p.heads)
         for name, (rr, ad) in HYDRA.items():
             if name == "base":
@@ -305,7 +305,7 @@ def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
                 results.outcomes[name].append(answer)
         if compare_binary:
             p.heads = {r: p.base_heads[r] for r in ROLES}
-            results.fits.append(_fit(p, client, s, "binary"))
+            results.fits.append(_fit(p, s, "binary"))
             for q, g in zip(queries, golds):
                 results.outcomes["fitted-binary"].append(_ask(p, q, g))
 
@@ -352,39 +352,14 @@ def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = No
                    a.prompt_tokens, a.completion_tokens, a.local_ms, a.simulated)
 
 
-def _fit(p: Personalizer, client: LLMClient, s: Settings, rule: str) -> FitStats:
-    tokens = _TokenTally(client)
-    with tokens:
-        summary = p.fit(budget=s.budget, progress=False, reranker_rule=rule)
+def _fit(p: Personalizer, s: Settings, rule: str) -> FitStats:
+    summary = p.fit(budget=s.budget, progress=False, reranker_rule=rule)
     labels = summary.labels
     state = sum(f.stat().st_size for f in p.heads_dir.glob("*.npz"))
-    return FitStats(rule, tokens.requests, tokens.prompt, tokens.completion, summary.seconds,
-                    labels.reranker.n_pairs, labels.reranker.n_positive, labels.adapter.n_pairs,
-                    labels.adapter.n_positive,
+    return FitStats(rule, labels.requests_sent, labels.prompt_tokens, labels.completion_tokens,
+                    summary.seconds, labels.reranker.n_pairs, labels.reranker.n_positive,
+                    labels.adapter.n_pairs, labels.adapter.n_positive,
                     {r: summary.reports[r] is not None for r in ROLES}, state)
-
-
-class _TokenTally:
-    """Counts the requests and tokens of every ``complete`` on a client while active."""
-
-    def __init__(self, client: LLMClient) -> None:
-        self.client, self.requests, self.prompt, self.completion = client, 0, 0, 0
-
-    def __enter__(self) -> _TokenTally:
-        original = self.client.complete
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            c = original(*args, **kwargs)
-            self.requests += c.requests_sent
-            self.prompt += c.prompt_tokens
-            self.completion += c.completion_tokens
-            return c
-
-        self.client.complete = counted  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.client.complete  # back to the class's method
 
 
 def question_score(task: Task, pred: Any, gold: str) -> float:
@@ -424,8 +399,6 @@ def write_json(path: Path, task: Task, results: Results) -> None:
 
 def source_fingerprint(root: Path | None = None) -> str:
     """sha256 (12 hex digits) of the installed hydrahead sources: which code made the numbers."""
-    import hashlib
-
     base = root or Path(__file__).resolve().parents[1].parent
     digest = hashlib.sha256()
     for folder in ("runtime", "hydrahead"):
@@ -433,8 +406,3 @@ def source_fingerprint(root: Path | None = None) -> str:
             if path.suffix in (".py", ".json") and path.is_file() and "__pycache__" not in str(path):
                 digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def environment_note() -> str:
-    """Where a run happened (for the report)."""
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

@@ -10,9 +10,10 @@ import datetime as dt
 import re
 import subprocess
 from pathlib import Path
+
 from hydrahead.runtime.tasks import Task
 
-from .quality import BASELINES, SYSTEMS, Results, source_fingerprint
+from .quality import BASELINES, SYSTEMS, Results, source_fingerprint, write_json
 
 SIMULATOR_NOTE = ("Every answer here comes from hydrahead's OFFLINE SIMULATED LLM (a deterministic "
                   "simulator, not a language model): these numbers show what the machinery does "
@@ -165,3 +166,17 @@ def outputs(out: Path, results: Results) -> dict[str, Path]:
     """Where a run's files go: ``<out>/quality-<data>-<task>-<split>.{json,md,png}``."""
     stem = "quality-" + section_key(results).replace(":", "-")
     return {ext: out / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+
+
+def write_all(out: Path, task: Task, results: Results, *, command: str,
+              report: Path | None = None) -> tuple[str, dict[str, Path]]:
+    """Write the run's JSON, Markdown section and chart under ``out`` (and its section into
+    ``report``); return the section and the files."""
+    files = outputs(out, results)
+    write_json(files["json"], task, results)
+    section = markdown(task, results, command=command, version=code_version())
+    files["md"].write_text(section, encoding="utf-8")
+    chart(files["png"], task, results)
+    if report is not None:
+        update_report(report, section)
+    return section, files
