@@ -18,7 +18,7 @@ import timeit
 import numpy as np
 import pytest
 
-from hydrahead.runtime.heads import DEFAULT_EPOCHS, fit_head
+from hydrahead.runtime.fitting import DEFAULT_EPOCHS, fit_head
 from hydrahead.runtime.pair_base import PairBase
 
 DIM = 384

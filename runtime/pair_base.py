@@ -147,9 +147,10 @@ class PairBase:
 
         With ``features`` (name -> gain, in feature order) unit ``j`` of the base head reads
         named feature ``j`` alone and adds ``gain_j`` times it to the logit margin: a feature
-        named ``cos`` exactly as above, any other as ``tanh(f_j)`` (scale 1). The adapter gives ``llm_greedy`` a gain that outweighs everything
-        else, ``llm_vote`` a small one (to order the rest) and the others 0: a user's head
-        starts reading those as soon as its output weights move off zero.
+        named ``cos`` exactly as above, any other as ``tanh(f_j)`` (scale 1). The adapter gives
+        ``llm_greedy`` a gain that outweighs everything else, ``llm_vote`` a small one (to
+        order the rest) and the others 0: a user's head starts reading those as soon as its
+        output weights move off zero.
 
         In both forms the other columns of the first layer are random (std
         ``1 / sqrt(hidden)``) and do not reach the output (their rows of W2 are zero).

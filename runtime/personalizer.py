@@ -38,7 +38,8 @@ from .adapter_features import (
 from .bundle import Bundle
 from .encoder import Encoder
 from .errors import BundleError, HeadError, InvalidInputError, LLMResponseError
-from .heads import FitReport, Head, fit_head
+from .fitting import FitReport, fit_head
+from .heads import Head
 from .labeling import Labeler, LabelSet, PairSet, label_by_answer, query_seed
 from .llm.cache import ResponseCache
 from .llm.client import LLMClient

@@ -1,11 +1,12 @@
 """The fitted adapter learns a preference that only it can act on.
 
-The users come from the persona world: lately (their newest 60% of it) they file one topic under
-a second-choice tag (their texts mention both tags). The LLM here is a *stubborn* simulated LLM that barely follows
-in-context examples (example weight 0.5 instead of 6), so its greedy answer is the world's
-first choice whatever the prompt holds, and no reranking can fix it; but its samples often
-contain the user's tag. Only an adapter that learned, from the user's own recent records, to
-trust agreement with the user's history can pick it.
+The users come from the persona world: lately (their newest 60% of it) they file one topic
+under a second-choice tag (their texts mention both tags). The LLM here is a *stubborn*
+simulated LLM that barely follows in-context examples (example weight 0.5 instead of 6), so
+its greedy answer is mostly the world's first choice whatever the prompt holds, and no
+reranking can fix it; but its samples often contain the user's tag. Only an adapter that
+learned, from the user's own recent records, to trust agreement with the user's history can
+pick it.
 
 The test checks its own power: the same candidates picked by the LLM's vote share, and an
 adapter fitted on inverted labels, both stay far below the fitted adapter.
@@ -21,7 +22,7 @@ import pytest
 from hydrahead.benchmark.persona_world import make_user
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
-from hydrahead.runtime.heads import fit_head
+from hydrahead.runtime.fitting import fit_head
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.labeling import Labeler, PairSet
 from hydrahead.runtime.llm.config import LLMConfig

@@ -25,7 +25,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, bundle_dir: Path) -> dict:
     tmp = tmp_path_factory.mktemp("bench")
     world = write_world(tmp / "world", train_users=0, dev_users=8, seed=0)
     report = tmp / "QUALITY.md"
-    report.write_text("# quality\n\n<!-- quality:other:X:dev -->\nkept\n<!-- /quality:other:X:dev -->\n")
+    other = "<!-- quality:other:X:dev -->\nkept\n<!-- /quality:other:X:dev -->\n"
+    report.write_text("# quality\n\n" + other)
     result = CliRunner().invoke(cli, [
         "--bundle", str(bundle_dir), "bench", "quality", "--data", str(world),
         "--task", "GIT_area", "--offline", "--out", str(tmp / "out"), "--report", str(report)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hydrahead.runtime import heads
+from hydrahead.runtime import fitting
 from hydrahead.runtime.heads import Head
 
 
@@ -29,10 +29,10 @@ def _objective(kind: str, n: int = 24, hidden: int = 6):
     if kind == "pointwise":
         y = rng.uniform(size=n).round(1)  # soft labels too
         w = rng.uniform(0.5, 2.0, size=n)
-        return heads._Pointwise(H, y, w, True, 0.0, rng)
+        return fitting._Pointwise(H, y, w, True, 0.0, rng)
     groups = np.repeat(np.arange(6), 4)
     y = rng.uniform(size=n).round(1)
-    return heads._Listwise(H, y, groups, 0.0, rng)
+    return fitting._Listwise(H, y, groups, 0.0, rng)
 
 
 @pytest.mark.parametrize("kind", ["pointwise", "listwise"])
@@ -41,10 +41,10 @@ def test_gradient_matches_finite_differences(kind: str, rank: int | None) -> Non
     objective = _objective(kind)
     head = _head(rank)
     names = list(head.params)
-    theta, views = heads._flat(head.params, names)
-    grad, grad_views = heads._flat({k: np.zeros_like(v) for k, v in head.params.items()}, names)
+    theta, views = fitting._flat(head.params, names)
+    grad, grad_views = fitting._flat({k: np.zeros_like(v) for k, v in head.params.items()}, names)
     (batch,) = list(objective.batches(10_000, np.random.default_rng(2)))  # everything at once
-    heads._gradient(views, grad_views, batch)
+    fitting._gradient(views, grad_views, batch)
 
     numeric = np.zeros_like(theta)
     eps = 1e-6

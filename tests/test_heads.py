@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from hydrahead.runtime.errors import HeadError, InvalidInputError
-from hydrahead.runtime.heads import Head, fit_head
+from hydrahead.runtime.fitting import fit_head
+from hydrahead.runtime.heads import Head
 from hydrahead.runtime.pair_base import PairBase
 
 DIM = 384

@@ -403,6 +403,7 @@ def source_fingerprint(root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for folder in ("runtime", "hydrahead"):
         for path in sorted((base / folder).rglob("*")):
-            if path.suffix in (".py", ".json") and path.is_file() and "__pycache__" not in str(path):
+            wanted = path.suffix in (".py", ".json") and "__pycache__" not in path.parts
+            if wanted and path.is_file():
                 digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]

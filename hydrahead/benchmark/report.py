@@ -55,7 +55,8 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
     c1, c2 = metric_columns(task)
     n_q = len(results.questions)
     settings = m["settings"]
-    lines = [f"<!-- quality:{key} -->", f"## {m['task']} / {m['split']} on `{Path(m['data']).name}`", ""]
+    title = f"## {m['task']} / {m['split']} on `{Path(m['data']).name}`"
+    lines = [f"<!-- quality:{key} -->", title, ""]
     if m["simulated"]:
         lines += [f"**{SIMULATOR_NOTE}**", ""]
     lines += [
@@ -89,8 +90,9 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
         f = s.get(f"fit_{rule}")
         if f:
             lines.append(
-                f"- Fitting with {rule} reranker labels, per user: {f['llm_requests_per_user']:.0f} "
-                f"LLM requests, {f['tokens_per_user']:.0f} tokens, {f['seconds_per_user']:.2f} s; "
+                f"- Fitting with {rule} reranker labels, per user: "
+                f"{f['llm_requests_per_user']:.0f} LLM requests, {f['tokens_per_user']:.0f} "
+                f"tokens, {f['seconds_per_user']:.2f} s; "
                 f"labels above 0.5: reranker {f['reranker_positive_rate']:.2f}, adapter "
                 f"{f['adapter_positive_rate']:.2f}; heads fitted: reranker "
                 f"{f['heads_fitted']['reranker']}/{f['users']}, adapter "
