@@ -271,11 +271,7 @@ class Labeler:
 
     def _quality(self, outputs: Sequence[str], gold: str) -> float:
         """Share of right outputs (labels, ratings), or their mean ROUGE (generation)."""
-        if not outputs:
-            return 0.0
-        if self.task.kind == "generation":
-            return float(np.mean([self.task.rouge(o, gold) for o in outputs]))
-        return float(np.mean([self.task.is_correct(self.task.parse(o), gold) for o in outputs]))
+        return float(np.mean(output_scores(self.task, outputs, gold))) if outputs else 0.0
 
     # ------------------------------------------------------------------ reranker
     def reranker_labels(self) -> PairSet:
@@ -346,11 +342,11 @@ class Labeler:
         return pairs
 
     def _candidate_targets(self, candidates: Sequence[str], gold: str) -> list[float] | None:
-        if self.task.kind == "generation":
-            scores = [self.task.rouge(c, gold) for c in candidates]
-            best = max(scores, default=0.0)
-            return [s / best for s in scores] if best > 0 else None
-        return [float(self.task.is_correct(self.task.parse(c), gold)) for c in candidates]
+        scores = output_scores(self.task, candidates, gold)
+        if self.task.kind != "generation":
+            return scores
+        best = max(scores, default=0.0)
+        return [s / best for s in scores] if best > 0 else None
 
     # ------------------------------------------------------------------ summary
     @property
@@ -383,7 +379,15 @@ def label_by_answer(task: Task, outputs: Sequence[str], gold: str) -> list[int]:
     (the LLM's one-record answers against the gold) and for feedback (the prompt records' own
     answers against the user's answer).
     """
+    scores = output_scores(task, outputs, gold)
     if task.kind == "generation":
-        scores = np.array([task.rouge(o, gold) for o in outputs])
-        return [int(s > scores.mean()) for s in scores]
-    return [int(task.is_correct(task.parse(o), gold)) for o in outputs]
+        return [int(s > np.mean(scores)) for s in scores]
+    return [int(s) for s in scores]
+
+
+def output_scores(task: Task, outputs: Sequence[str], gold: str) -> list[float]:
+    """Per output: 1.0 / 0.0 for a right / wrong answer (labels, ratings), or its
+    (ROUGE-1 + ROUGE-L) / 2 against ``gold`` (generation)."""
+    if task.kind == "generation":
+        return [task.rouge(o, gold) for o in outputs]
+    return [float(task.is_correct(task.parse(o), gold)) for o in outputs]

@@ -287,7 +287,7 @@ def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
     with client, Personalizer.open(user_id, bundle=bundle, encoder=encoder, task=task,
                                    llm=client, root=root, **options) as p:
         import_records(p.store, task, rows)
-        baselines = _Baselines(p, rows, s)
+        baselines = _Baselines(p, s)
         for q, g in zip(queries, golds):
             for name in BASELINES:
                 results.outcomes[name].append(baselines.answer(name, q, g))
@@ -313,7 +313,7 @@ def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
 class _Baselines:
     """The prompt-based systems of one user."""
 
-    def __init__(self, p: Personalizer, rows: list[dict[str, Any]], s: Settings) -> None:
+    def __init__(self, p: Personalizer, s: Settings) -> None:
         from rank_bm25 import BM25Okapi  # the [bench] extra
 
         self.p, self.s = p, s
