@@ -1,48 +1,33 @@
 """The ``hydrahead`` command line: a thin shell over the library.
 
 Device commands (user, fit, ask, outbox, forget, llm, demo) import only ``hydrahead.runtime``;
-``export`` imports the server-side ``hydrahead.export`` lazily, when it runs.
+the server-side commands (``export``, ``train``: :mod:`hydrahead.cli_server`) import
+``hydrahead.export`` and ``hydrahead.train`` lazily, when they run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from hydrahead import __version__
-
-ENV_BUNDLE = "HYDRAHEAD_BUNDLE"
-SIMULATOR_NOTE = (
-    "[offline simulator: answers come from hydrahead's simulated LLM, not a real model]"
+from hydrahead.cli_common import (
+    ENV_BUNDLE,
+    SIMULATOR_NOTE,
+    Context,
+    fail,
+    llm_endpoint,
+    need_bench_extra,
+    pass_ctx,
+    with_llm,
 )
-
-
-class Context:
-    """Options shared by every command."""
-
-    def __init__(self, home: str | None, bundle: str | None) -> None:
-        from hydrahead.runtime.paths import data_root
-
-        self.root = data_root(home)
-        self.bundle_dir = Path(bundle or os.environ.get(ENV_BUNDLE) or self.root / "bundle")
-
-
-pass_ctx = click.make_pass_decorator(Context)
-
-
-def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc)) from exc
-
+from hydrahead.cli_server import export, train
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hydrahead")
@@ -68,29 +53,6 @@ def cli(ctx: click.Context, home: str | None, bundle: str | None, verbose: bool)
     ctx.obj = Context(home, bundle)
 
 
-# ---------------------------------------------------------------------------- export
-@cli.group()
-def export() -> None:
-    """Server side: build the device model bundle (needs hydrahead[export])."""
-
-
-@export.command("bundle")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
-def export_bundle(out: str, overwrite: bool) -> None:
-    """Export the int8 encoder and the shared bases into a bundle directory."""
-    from hydrahead.export.bundle import build_bundle
-    from hydrahead.runtime.errors import HydraheadError
-
-    logging.getLogger("hydrahead").setLevel(logging.INFO)
-    t0 = time.perf_counter()
-    try:
-        path = build_bundle(out, overwrite=overwrite)
-    except HydraheadError as exc:
-        _fail(exc)
-    click.echo(f"bundle written to {path} in {time.perf_counter() - t0:.1f} s")
-
-
 # ---------------------------------------------------------------------------- helpers
 def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None):
     """Open a user's Personalizer; the LLM comes from ``llm_url`` or the environment."""
@@ -109,40 +71,7 @@ def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None)
             task=resolve_task(user, task, obj.root),
         )
     except HydraheadError as exc:
-        _fail(exc)
-
-
-@contextmanager
-def _llm_endpoint(offline: bool) -> Iterator[str | None]:
-    """Start the offline simulator for the duration of a command when asked to."""
-    if not offline:
-        yield None
-        return
-    from hydrahead.runtime.llm.offline import OfflineLLMServer
-
-    with OfflineLLMServer() as server:
-        click.echo(f"{SIMULATOR_NOTE} at {server.url}", err=True)
-        yield server.url
-
-
-llm_options = [
-    click.option(
-        "--llm-url",
-        envvar="HYDRAHEAD_LLM_BASE_URL",
-        help="OpenAI-compatible base URL (default: $HYDRAHEAD_LLM_BASE_URL).",
-    ),
-    click.option(
-        "--offline",
-        is_flag=True,
-        help="Use hydrahead's offline LLM simulator (started for this command).",
-    ),
-]
-
-
-def with_llm(fn):
-    for opt in reversed(llm_options):
-        fn = opt(fn)
-    return fn
+        fail(exc)
 
 
 # ---------------------------------------------------------------------------- user
@@ -171,7 +100,7 @@ def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str
             user_id, file, task=task, lamp_user=lamp_user, root=obj.root, bundle=obj.bundle_dir
         )
     except HydraheadError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"imported {n} records for {user_id}")
 
 
@@ -204,7 +133,7 @@ def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
             for hit in store.search(query, k=k):
                 click.echo(f"{hit.score:.3f}  {hit.record.id}  {_short(hit.record.text)}")
     except HydraheadError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 # ---------------------------------------------------------------------------- fit / ask
@@ -220,13 +149,13 @@ def fit(
     """Fit the user's reranker and adapter heads (labels come from the LLM)."""
     from hydrahead.runtime.errors import HydraheadError
 
-    with _llm_endpoint(offline) as url:
+    with llm_endpoint(offline) as url:
         p = _open(obj, user_id, task, llm_url=url or llm_url)
         try:
             with p:
                 s = p.fit(budget=budget)
         except HydraheadError as exc:
-            _fail(exc)
+            fail(exc)
     _print_fit(s)
 
 
@@ -249,13 +178,13 @@ def ask(
     """Ask a question as this user; prints the answer and the prompt that left the device."""
     from hydrahead.runtime.errors import HydraheadError
 
-    with _llm_endpoint(offline) as url:
+    with llm_endpoint(offline) as url:
         p = _open(obj, user_id, task, llm_url=url or llm_url)
         try:
             with p:
                 a = p.ask(query)
         except HydraheadError as exc:
-            _fail(exc)
+            fail(exc)
     if as_json:
         click.echo(json.dumps(_answer_dict(a), indent=2))
     else:
@@ -277,7 +206,7 @@ def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
     try:
         path = user_dir(user_id, obj.root) / "outbox.jsonl"
     except HydraheadError as exc:
-        _fail(exc)
+        fail(exc)
     records = Outbox(path).tail(n)
     if not records:
         click.echo(f"no requests recorded for {user_id} ({path})")
@@ -306,7 +235,7 @@ def forget(obj: Context, user_id: str, yes: bool) -> None:
     try:
         forget_user(user_id, obj.root)
     except HydraheadError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"forgot {user_id}")
 
 
@@ -363,7 +292,7 @@ def bench_quality(obj: Context, data: str, task_name: str, split: str, users: in
     base heads, each head fitted alone, and both fitted. Without --llm-url the offline
     simulator answers (and every output says so).
     """
-    _need_bench_extra()
+    need_bench_extra()
     from hydrahead.benchmark import quality, report as reports
     from hydrahead.demo import ensure_bundle
     from hydrahead.runtime.errors import HydraheadError
@@ -379,7 +308,7 @@ def bench_quality(obj: Context, data: str, task_name: str, split: str, users: in
             offline=offline, model=model, settings=settings, users=users,
             compare_binary=not no_binary, progress=lambda s: click.echo(s, err=True))
     except HydraheadError as exc:
-        _fail(exc)
+        fail(exc)
     section, files = reports.write_all(Path(out), task, results, command=command,
                                        report=Path(report) if report else None)
     click.echo(section)
@@ -400,16 +329,6 @@ def bench_world(out: str, train_users: int, dev_users: int, seed: int) -> None:
     click.echo(f"wrote the persona world to {path} (use --data {path} --task GIT_area)")
 
 
-def _need_bench_extra() -> None:
-    for module in ("rank_bm25", "matplotlib"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise click.ClickException(
-                f"the quality benchmark needs {module}: pip install 'hydrahead[bench]'"
-            ) from None
-
-
 # ---------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--budget", default=120, show_default=True, help="LLM calls for fitting.")
@@ -422,7 +341,7 @@ def demo(obj: Context, budget: int) -> None:
     try:
         run_demo(obj.root, obj.bundle_dir, budget=budget, echo=click.echo)
     except HydraheadError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 # ---------------------------------------------------------------------------- printing
@@ -487,6 +406,11 @@ def _answer_dict(a: Any) -> dict[str, Any]:
         "llm_requests": a.llm_requests,
         "tokens": {"prompt": a.prompt_tokens, "completion": a.completion_tokens},
     }
+
+
+# The server-side commands (export, train) live in their own module.
+cli.add_command(export)
+cli.add_command(train)
 
 
 def main() -> None:

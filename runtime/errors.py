@@ -51,6 +51,10 @@ class HeadError(HydraheadError):
     """A per-user head cannot be loaded or used (e.g. it belongs to another bundle)."""
 
 
+class StaleHeadError(HeadError):
+    """A saved head was fitted on another shared base than the bundle now has."""
+
+
 class TaskError(HydraheadError):
     """A task is unknown or its definition is invalid."""
 

@@ -26,11 +26,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import HeadError, InvalidInputError
+from .errors import HeadError, InvalidInputError, StaleHeadError
 from .paths import atomic_write_bytes
 
 FORMAT = "hydrahead-head"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: stamped with its base's fingerprint (1: the whole bundle's)
 ROLES = ("reranker", "adapter")
 FULL_KEYS = ("W1", "b1", "W2", "b2")
 LOW_RANK_KEYS = ("U", "V", "b1", "W2", "b2")
@@ -132,22 +132,22 @@ class Head:
         return _sigmoid(_margin(p, _first_layer(p, self._checked_hidden(H))))
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike[str], *, bundle_fingerprint: str, role: str) -> None:
-        """Write the head to ``path`` (.npz, atomically), stamped with its bundle and role.
+    def save(self, path: str | os.PathLike[str], *, base_fingerprint: str, role: str) -> None:
+        """Write the head to ``path`` (.npz, atomically), stamped with its base and role.
 
         Args:
             path: Target file.
-            bundle_fingerprint: ``Bundle.fingerprint`` of the bundle whose base made the hidden
-                features this head was fitted on.
+            base_fingerprint: Fingerprint of the shared base whose hidden features this head
+                was fitted on (:attr:`hydrahead.runtime.featurizer.Featurizer.fingerprint`).
             role: "reranker" or "adapter".
         """
         _check_role(role)
-        if not isinstance(bundle_fingerprint, str) or not bundle_fingerprint:
-            raise InvalidInputError("bundle_fingerprint must be a non-empty string")
+        if not isinstance(base_fingerprint, str) or not base_fingerprint:
+            raise InvalidInputError("base_fingerprint must be a non-empty string")
         arrays: dict[str, np.ndarray] = {
             "format": np.array(FORMAT),
             "format_version": np.array(FORMAT_VERSION),
-            "bundle_fingerprint": np.array(bundle_fingerprint),
+            "base_fingerprint": np.array(base_fingerprint),
             "role": np.array(role),
             **{f"param.{k}": v for k, v in self._params.items()},
         }
@@ -160,21 +160,23 @@ class Head:
         cls,
         path: str | os.PathLike[str],
         *,
-        bundle_fingerprint: str,
+        base_fingerprint: str,
         role: str,
         hidden: int | None = None,
     ) -> Head:
-        """Read a head written by :meth:`save`, checking that it fits the loaded bundle.
+        """Read a head written by :meth:`save`, checking that it fits the base now loaded.
 
         Args:
             path: The .npz file.
-            bundle_fingerprint: Fingerprint of the bundle now loaded; must equal the stamp.
+            base_fingerprint: Fingerprint of the role's base now loaded; must equal the stamp.
             role: The role expected ("reranker" or "adapter"); must equal the stamp.
             hidden: If given, the hidden width the head must read.
 
         Raises:
-            HeadError: the file is missing, corrupt, from a newer hydrahead, of another role or
-                bundle, or its parameters have the wrong keys, shapes or non-finite values.
+            StaleHeadError: the head was fitted on another base (or is a version-1 file,
+                stamped with a whole bundle): refit it.
+            HeadError: the file is missing, corrupt, from a newer hydrahead, of another role,
+                or its parameters have the wrong keys, shapes or non-finite values.
         """
         _check_role(role)
         arrays = _read_npz(path)
@@ -190,11 +192,11 @@ class Head:
         stored_role = _text(arrays, "role", where)
         if stored_role != role:
             raise HeadError(f"{where} holds the {stored_role} head, not the {role} head")
-        stamp = _text(arrays, "bundle_fingerprint", where)
-        if stamp != bundle_fingerprint:
-            raise HeadError(
-                f"this head was fitted for bundle {stamp[:12]}…, the loaded bundle is "
-                f"{bundle_fingerprint[:12]}…; refit with `hydrahead fit`"
+        stamp = _text(arrays, "base_fingerprint" if version >= 2 else "bundle_fingerprint", where)
+        if version < 2 or stamp != base_fingerprint:
+            raise StaleHeadError(
+                f"the {role} head was fitted on base {stamp[:12]}…, the bundle's {role} base is "
+                f"{base_fingerprint[:12]}…; refit with `hydrahead fit`"
             )
         params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
         head = cls.from_params(_checked_params(params, HeadError, where=where))

@@ -54,6 +54,30 @@ def lamp_profile(questions: Iterable[LampQuestion], user_id: str) -> list[dict[s
     return list(items.values())
 
 
+def lamp_users(data: str | os.PathLike[str], task: Task, split: str
+               ) -> list[tuple[str, list[dict[str, Any]], list[LampQuestion]]]:
+    """Each user of a LaMP-format split: history rows and questions, in file order.
+
+    ``data`` is the folder holding ``{split}_questions.json`` (and ``{split}_outputs.json``
+    where golds exist), or its parent with a ``<task>/`` folder inside. A user's history is the
+    union of their questions' profiles **minus the items that are themselves questions**
+    (LaMP-style time splits put a user's earlier questions, answers included, into the later
+    questions' profiles; keeping them would leak gold answers).
+    """
+    folder = Path(data) / task.name if (Path(data) / task.name).is_dir() else Path(data)
+    questions = load_lamp_questions(folder / f"{split}_questions.json",
+                                    folder / f"{split}_outputs.json")
+    by_user: dict[str, list[LampQuestion]] = {}
+    for q in questions:
+        by_user.setdefault(q.user_id, []).append(q)
+    users = []
+    for user_id, own in by_user.items():
+        asked = {q.id for q in own}
+        rows = [r for r in lamp_profile(questions, user_id) if str(r.get("id")) not in asked]
+        users.append((user_id, rows, own))
+    return users
+
+
 def import_records(store: HistoryStore, task: Task, rows: Iterable[dict[str, Any]]) -> int:
     """Turn task-shaped rows (e.g. LaMP profile items) into records and upsert them."""
     records: list[Record] = [task.record_from_profile(row) for row in rows]

@@ -60,13 +60,24 @@ RERANKER_RULES = ("graded", "binary")
 
 @dataclass
 class PairSet:
-    """Labelled (query, document) pairs for one head, grouped by query."""
+    """Labelled (query, item) pairs for one head, grouped by query.
+
+    Besides vectors, named features and targets, each group keeps what identifies it again
+    later: the query's text and record id (``None`` for a query that is not a history record)
+    and each item's text and record id (``None`` for an LLM candidate). A stored label set is
+    refitted from these when the shared base changes (:mod:`hydrahead.runtime.label_file`),
+    and a featurizer that reads texts (a cross-encoder) reads them.
+    """
 
     queries: list[np.ndarray] = field(default_factory=list)  # one (dim,) vector per group
     docs: list[np.ndarray] = field(default_factory=list)  # one (n_i, dim) matrix per group
     labels: list[np.ndarray] = field(default_factory=list)  # one (n_i,) vector in [0, 1]
     # One (n_i, F) matrix per group: the named features the base passes through.
     features: list[np.ndarray | None] = field(default_factory=list)
+    query_texts: list[str] = field(default_factory=list)
+    query_ids: list[str | None] = field(default_factory=list)
+    item_texts: list[list[str]] = field(default_factory=list)
+    item_ids: list[list[str | None]] = field(default_factory=list)
 
     def add(
         self,
@@ -74,13 +85,32 @@ class PairSet:
         docs: np.ndarray,
         labels: Sequence[float] | np.ndarray,
         features: np.ndarray | None = None,
+        *,
+        query_text: str = "",
+        query_id: str | None = None,
+        item_texts: Sequence[str] | None = None,
+        item_ids: Sequence[str | None] | None = None,
     ) -> None:
-        """Append one query's labelled documents and their named features."""
+        """Append one query's labelled items, their named features, texts and ids."""
         if len(docs):
+            n = len(docs)
             self.queries.append(np.asarray(query, dtype=np.float32))
             self.docs.append(np.asarray(docs, dtype=np.float32))
             self.labels.append(np.asarray(labels, dtype=np.float64))
             self.features.append(None if features is None else np.asarray(features, np.float32))
+            self.query_texts.append(query_text)
+            self.query_ids.append(query_id)
+            self.item_texts.append(list(item_texts) if item_texts is not None else [""] * n)
+            self.item_ids.append(list(item_ids) if item_ids is not None else [None] * n)
+
+    def extend(self, other: PairSet) -> None:
+        """Append every group of ``other``."""
+        for name in ("queries", "docs", "labels", "features", "query_texts", "query_ids",
+                     "item_texts", "item_ids"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
     @property
     def n_pairs(self) -> int:
@@ -146,11 +176,32 @@ class _Counter:
         return c.texts
 
 
+@dataclass(frozen=True)
+class Question:
+    """A labelling query with a known answer that is not one of the user's records.
+
+    Server-side training labels a LaMP user's own questions this way, besides the user's
+    records (:mod:`hydrahead.train.labels`).
+
+    Attributes:
+        text: The query as ``ask()`` would get it.
+        gold: Its answer.
+        vector: Its embedding (the store's encoder).
+        history: Ids of the records it may see (its profile); ``None``: all of them.
+    """
+
+    text: str
+    gold: str
+    vector: np.ndarray
+    history: frozenset[str] | None = None
+
+
 @dataclass
 class _Query:
-    """One labelling query: a history record and the history before it, searched."""
+    """One labelling query: a history record (or a question) and the history before it,
+    searched."""
 
-    record: Record
+    id: str | None  # the record's id; None for a question
     text: str
     gold: str
     vector: np.ndarray
@@ -185,6 +236,7 @@ class Labeler:
         adapter_share: Share of the budget spent on adapter labels.
         greedy: Ask for the greedy answer too (as ``ask()`` does).
         progress: Show progress bars.
+        questions: Labelling queries besides the user's records, used first.
     """
 
     def __init__(
@@ -205,6 +257,7 @@ class Labeler:
         adapter_share: float = 0.5,
         greedy: bool = True,
         progress: bool = True,
+        questions: Sequence[Question] = (),
     ) -> None:
         if reranker_rule not in RERANKER_RULES:
             raise InvalidInputError(
@@ -225,8 +278,9 @@ class Labeler:
         n_adapter = int(budget * adapter_share) // adapter_cost
         n_reranker = (budget - n_adapter * adapter_cost) // reranker_cost
         self._load_history()
-        self._reranker_queries = self._latest(n_reranker)
-        self._adapter_queries = self._latest(n_adapter)
+        asked = self._questions(questions)
+        self._reranker_queries = (asked + self._latest(n_reranker))[:n_reranker]
+        self._adapter_queries = (asked + self._latest(n_adapter))[:n_adapter]
         self._counter = _Counter()
 
     # ------------------------------------------------------------------ history
@@ -259,9 +313,26 @@ class Labeler:
             scores = self._unit[:i] @ self._unit[i]
             top = np.argsort(-scores, kind="stable")[: self.k]
             queries.append(_Query(
-                record, self.task.query_of(record), str(self.answers[i]), self.vectors[i],
+                record.id, self.task.query_of(record), str(self.answers[i]), self.vectors[i],
                 [int(j) for j in top], scores[top], Counter(before)))
         return queries
+
+    def _questions(self, questions: Sequence[Question]) -> list[_Query]:
+        """Each question searched among the records it may see, like a record query."""
+        out = []
+        for question in questions:
+            seen = np.array([question.history is None or r.id in question.history
+                             for r in self.records], dtype=bool)
+            if not seen.any():
+                continue
+            vector = np.asarray(question.vector, dtype=np.float32)
+            unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
+            scores = np.where(seen, self._unit @ unit, -np.inf)
+            top = np.argsort(-scores, kind="stable")[: min(self.k, int(seen.sum()))]
+            counts = answer_counts(self.task, [a for a, s in zip(self.answers, seen) if s])
+            out.append(_Query(None, question.text, question.gold, vector,
+                              [int(j) for j in top], scores[top], counts))
+        return out
 
     # ------------------------------------------------------------------ requests
     def _ask(self, prompt: str, query: _Query, *, n: int, temperature: float) -> list[str]:
@@ -301,7 +372,11 @@ class Labeler:
         pairs = PairSet()
         for q, picked, targets in found:
             X = reranker_features(self.task, q.text, [self.records[j] for j in q.hits], q.scores)
-            pairs.add(q.vector, self.vectors[[q.hits[j] for j in picked]], targets, X[picked])
+            items = [self.records[q.hits[j]] for j in picked]
+            pairs.add(q.vector, self.vectors[[q.hits[j] for j in picked]], targets, X[picked],
+                      query_text=q.text, query_id=q.id,
+                      item_texts=[self.task.example_text(r) for r in items],
+                      item_ids=[r.id for r in items])
         return pairs
 
     # ------------------------------------------------------------------ adapter
@@ -338,7 +413,8 @@ class Labeler:
             vecs = emb[start : start + len(cands)]
             start += len(cands)
             pairs.add(q.vector, vecs, targets,
-                      candidate_features(self.task, context, cands, vecs))
+                      candidate_features(self.task, context, cands, vecs),
+                      query_text=q.text, query_id=q.id, item_texts=cands)
         return pairs
 
     def _candidate_targets(self, candidates: Sequence[str], gold: str) -> list[float] | None:
@@ -351,9 +427,10 @@ class Labeler:
     # ------------------------------------------------------------------ summary
     @property
     def queries_used(self) -> int:
-        """Distinct history records used as labelling queries."""
-        ids = {q.record.id for q in self._reranker_queries + self._adapter_queries}
-        return len(ids)
+        """Distinct history records (and questions) used as labelling queries."""
+        asked = self._reranker_queries + self._adapter_queries
+        return len({q.id for q in asked if q.id is not None}) + len(
+            {q.text for q in asked if q.id is None})
 
     def summary(self, reranker: PairSet, adapter: PairSet) -> LabelSet:
         """The labels with this labeler's call counts."""

@@ -23,8 +23,10 @@ Its first ``F`` units each read one named feature; the untrained base head score
 (``cos`` for the reranker, ``llm_greedy`` then ``llm_vote`` for the adapter), so an unfitted
 pipeline is dense retrieval feeding the LLM's own answer.
 
-Scoring code depends only on ``h`` through the :class:`PairFeaturizer` protocol, so a later
-"cross mode" (a cross-encoder reading "[CLS] query [SEP] item [SEP]") can produce ``h`` too.
+On the device the base runs as an ONNX graph exported from this one
+(:class:`hydrahead.runtime.featurizer.OnnxFastBase`); scoring code depends only on ``h``
+through :class:`hydrahead.runtime.featurizer.Featurizer`, the seam a cross-encoder mode would
+use too. The torch twin that training uses is :class:`hydrahead.train.fast_model.FastBase`.
 
 File format (``.npz``, arrays only, loadable with ``allow_pickle=False``):
 ``format`` = "hydrahead-pair-base", ``format_version`` = 2, ``W`` (4*dim, width) float32,
@@ -40,7 +42,6 @@ import io
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -59,17 +60,6 @@ COS_SCALE = 2.0  # h[0] = 2 * cos: [-0.4, 2] for typical sentence-embedding cosi
 COS_SLOPE = 1.5  # base head unit 0: tanh(1.5 * (h[0] - 2 * COS_CENTER))
 COS_CENTER = 0.35  # cosine at which the base head's score is 0.5
 OUTPUT_GAIN = 3.0  # logit[1] - logit[0] = 3 * unit 0: scores from ~0.1 to ~0.95
-
-
-@runtime_checkable
-class PairFeaturizer(Protocol):
-    """Anything that turns a query and n items into hidden vectors a head can read."""
-
-    hidden: int
-
-    def hidden_of(self, query: Any, items: Any) -> np.ndarray:
-        """Hidden vectors (n, hidden), float32, one per item, for this query."""
-        ...
 
 
 class PairBase:
@@ -198,18 +188,9 @@ class PairBase:
         Returns:
             (n, hidden) float32; the first F columns are ``feature_scale * features``.
         """
-        q = np.asarray(query, dtype=np.float32)
-        D = np.asarray(items, dtype=np.float32)
-        if q.shape != (self.dim,):
-            raise InvalidInputError(f"query must have shape ({self.dim},), got {q.shape}")
-        if D.ndim != 2 or D.shape[1] != self.dim:
-            raise InvalidInputError(f"items must have shape (n, {self.dim}), got {D.shape}")
-        if not (np.isfinite(q).all() and np.isfinite(D).all()):
-            raise InvalidInputError("embeddings contain NaN or inf")
+        q, D = check_pair(query, items, self.dim)
         q_norm = float(np.linalg.norm(q))
         d_norm = np.linalg.norm(D, axis=1)
-        if q_norm == 0.0 or (d_norm == 0.0).any():
-            raise InvalidInputError("embeddings must be non-zero vectors")
         F = self.n_features
         H = np.empty((D.shape[0], self.hidden), dtype=np.float32)
         if features is None:
@@ -292,6 +273,21 @@ class PairBase:
     def __repr__(self) -> str:
         return (f"PairBase(dim={self.dim}, hidden={self.hidden}, "
                 f"features={list(self.feature_names)}, head={self.head!r})")
+
+
+def check_pair(query: np.ndarray, items: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A query (dim,) and items (n, dim) as float32, finite and non-zero, or InvalidInputError."""
+    q = np.asarray(query, dtype=np.float32)
+    D = np.asarray(items, dtype=np.float32)
+    if q.shape != (dim,):
+        raise InvalidInputError(f"query must have shape ({dim},), got {q.shape}")
+    if D.ndim != 2 or D.shape[1] != dim:
+        raise InvalidInputError(f"items must have shape (n, {dim}), got {D.shape}")
+    if not (np.isfinite(q).all() and np.isfinite(D).all()):
+        raise InvalidInputError("embeddings contain NaN or inf")
+    if float(np.linalg.norm(q)) == 0.0 or (np.linalg.norm(D, axis=1) == 0.0).any():
+        raise InvalidInputError("embeddings must be non-zero vectors")
+    return q, D
 
 
 def _readout_head(hidden: int, units: Sequence[tuple[float, float, float]],

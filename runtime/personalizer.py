@@ -16,6 +16,7 @@ labels. With untrained heads the answer is the LLM's greedy answer to the dense 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -37,21 +38,25 @@ from .adapter_features import (
 )
 from .bundle import Bundle
 from .encoder import Encoder
-from .errors import BundleError, HeadError, InvalidInputError, LLMResponseError
+from .errors import BundleError, HeadError, InvalidInputError, LLMResponseError, StaleHeadError
+from .featurizer import Featurizer, load_featurizer
 from .fitting import FitReport, fit_head
 from .heads import Head
+from .label_file import drop_records, load_labels, save_labels
 from .labeling import Labeler, LabelSet, PairSet, label_by_answer, query_seed
 from .llm.cache import ResponseCache
 from .llm.client import LLMClient
 from .llm.config import LLMConfig
 from .llm.outbox import Outbox
-from .pair_base import PairBase
 from .paths import make_private_dir
 from .records import Hit, Record
 from .store import HistoryStore
 from .tasks import Task, get_task
 
+logger = logging.getLogger("hydrahead")
+
 ROLES = ("reranker", "adapter")
+LABELS_FILE = "labels.npz"  # in heads/: what the heads were fitted on (see refit_from_labels)
 LISTWISE = {"reranker": False, "adapter": True}  # how each head is fitted (see _fit_role)
 
 
@@ -167,16 +172,20 @@ class Personalizer:
         self.k, self.m, self.n = k, m, n
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.greedy = greedy
-        self.bases = {role: PairBase.load(bundle.file(role, "weights")) for role in ROLES}
-        _check_bases(self.bases, bundle)
+        self.featurizers: dict[str, Featurizer] = {
+            role: load_featurizer(bundle, role) for role in ROLES}
+        _check_bases(self.featurizers, bundle)
         # Where a user's head starts (cold start) and what fitting pulls it toward: the shared
         # base head, factorized when low-rank heads are asked for.
         self.base_heads = {
-            role: base.head if head_rank is None else base.head.factorize(head_rank)
-            for role, base in self.bases.items()
+            role: f.head if head_rank is None else f.head.factorize(head_rank)
+            for role, f in self.featurizers.items()
         }
         self.heads_dir = make_private_dir(Path(store.directory) / "heads")
+        self.refitted: dict[str, FitReport | None] = {}  # heads refitted for a changed base
         self.heads = {role: self._load_head(role) for role in ROLES}
+        if self.refitted:
+            self._refit_stale()
         self._recent: OrderedDict[str, Answer] = OrderedDict()
         self._owns_cache = False  # set when this personalizer made its LLM client
         self._answer_counts: tuple[int, Counter[str]] | None = None  # (store generation, counts)
@@ -249,8 +258,9 @@ class Personalizer:
         return self.store.add(items)
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Delete history records by id."""
+        """Delete history records by id, and the stored labels that held them."""
         self.store.delete(ids)
+        drop_records(self.heads_dir / LABELS_FILE, list(ids))
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         """Search the user's history."""
@@ -279,21 +289,25 @@ class Personalizer:
             cosines: Their cosine similarity to the query.
         """
         X = reranker_features.reranker_features(self.task, query, records, cosines)
-        H = self.bases["reranker"].hidden_of(query_vec, item_vecs, X)
+        texts = [self.task.example_text(r) for r in records]
+        H = self.featurizers["reranker"].hidden_of(query, query_vec, texts, item_vecs, X)
         return self.heads["reranker"].scores(H)
 
     def adapter_scores(
-        self, query_vec: np.ndarray, cand_vecs: np.ndarray, features: np.ndarray
+        self, query: str, query_vec: np.ndarray, texts: Sequence[str], cand_vecs: np.ndarray,
+        features: np.ndarray,
     ) -> np.ndarray:
         """Adapter scores (shared base + this user's head) of candidates for a query.
 
         Args:
-            query_vec: The query's embedding.
-            cand_vecs: The candidates' embeddings.
+            query: The query text.
+            query_vec: Its embedding.
+            texts: The candidate texts.
+            cand_vecs: Their embeddings.
             features: Their named features (:func:`~hydrahead.runtime.adapter_features.
                 candidate_features`), one row per candidate.
         """
-        H = self.bases["adapter"].hidden_of(query_vec, cand_vecs, features)
+        H = self.featurizers["adapter"].hidden_of(query, query_vec, texts, cand_vecs, features)
         return self.heads["adapter"].scores(H)
 
     def rerank(self, query: str, query_vec: np.ndarray | None = None) -> list[RankedItem]:
@@ -342,7 +356,8 @@ class Personalizer:
             simulated: Whether they came from the offline simulator (carried into the answer).
         """
         context = self._context(prepared, greedy, texts)
-        candidates = self._score_candidates(context, distinct_candidates(greedy, texts))
+        candidates = self._score_candidates(prepared.query, context,
+                                            distinct_candidates(greedy, texts))
         if not candidates:
             raise LLMResponseError("the LLM returned no candidate text to choose from")
         best = _pick(candidates)
@@ -413,13 +428,13 @@ class Personalizer:
         )
 
     def _score_candidates(
-        self, context: CandidateContext, texts: Sequence[str]
+        self, query: str, context: CandidateContext, texts: Sequence[str]
     ) -> list[Candidate]:
         if not texts:
             return []
         vecs = self.encoder.encode(list(texts))
         X = candidate_features(self.task, context, texts, vecs)
-        scores = self.adapter_scores(context.query_vec, vecs, X)
+        scores = self.adapter_scores(query, context.query_vec, texts, vecs, X)
         cands = [
             Candidate(t, self.task.parse(t), float(s), dict(zip(FEATURE_NAMES, map(float, x))))
             for t, s, x in zip(texts, scores, X)
@@ -467,6 +482,9 @@ class Personalizer:
         reports["reranker"] = self._fit_role("reranker", reranker, init=self.base_heads["reranker"])
         adapter = labeler.adapter_labels(self.rerank_scores, self.encoder.encode)
         reports["adapter"] = self._fit_role("adapter", adapter, init=self.base_heads["adapter"])
+        save_labels(self.heads_dir / LABELS_FILE, {"reranker": reranker, "adapter": adapter},
+                    {"budget": budget, "task": self.task.name,
+                     "llm_calls": labeler.summary(reranker, adapter).llm_calls})
         return FitSummary(
             labeler.summary(reranker, adapter),
             reports,
@@ -498,7 +516,8 @@ class Personalizer:
         vecs = self.encoder.encode(texts)
         adapter = PairSet()
         adapter.add(last.context.query_vec, vecs, [1.0] + [0.0] * len(others),
-                    candidate_features(self.task, last.context, texts, vecs))
+                    candidate_features(self.task, last.context, texts, vecs),
+                    query_text=query, item_texts=texts)
         reranker = PairSet()
         if last.items:
             records = [it.record for it in last.items]
@@ -509,6 +528,8 @@ class Personalizer:
                 reranker_features.reranker_features(
                     self.task, query, records, np.array([it.retrieval_score for it in last.items])
                 ),
+                query_text=query, item_texts=[self.task.example_text(r) for r in records],
+                item_ids=[r.id for r in records],
             )
         for role, pairs in (("reranker", reranker), ("adapter", adapter)):
             self._fit_role(role, pairs, init=self.heads[role], epochs=5, lr=1e-3)
@@ -526,10 +547,11 @@ class Personalizer:
             return None  # no query prefers one candidate over another
         if not listwise and (pairs.n_positive == 0 or pairs.n_negative == 0):
             return None  # nothing to learn from: one side only
-        base = self.bases[role]
-        H = np.concatenate(
-            [base.hidden_of(q, D, f) for q, D, f in zip(pairs.queries, pairs.docs, pairs.features)]
-        )
+        featurizer = self.featurizers[role]
+        H = np.concatenate([
+            featurizer.hidden_of(qt, q, ts, D, f) for qt, q, ts, D, f in zip(
+                pairs.query_texts, pairs.queries, pairs.item_texts, pairs.docs, pairs.features)
+        ])
         y = np.concatenate(pairs.labels)
         groups = np.repeat(np.arange(len(pairs.labels)), [len(v) for v in pairs.labels])
         head, report = fit_head(
@@ -537,10 +559,58 @@ class Personalizer:
             groups=groups if listwise else None, **fit_options
         )
         self.heads[role] = head
-        head.save(
-            self.heads_dir / f"{role}.npz", bundle_fingerprint=self.bundle.fingerprint, role=role
-        )
+        head.save(self.heads_dir / f"{role}.npz", base_fingerprint=featurizer.fingerprint,
+                  role=role)
         return report
+
+    def refit_from_labels(self, roles: Sequence[str] = ROLES) -> dict[str, FitReport | None]:
+        """Refit heads from the labels of the last :meth:`fit`, with no LLM request.
+
+        This is what happens, automatically, when the bundle's shared base of a role changed
+        since the user's head was fitted (:attr:`refitted` says which heads). Labels whose
+        query record or item record was deleted since are left out.
+
+        Raises:
+            HeadError: there are no stored labels (the user never ran ``fit``, or ran it with
+                a hydrahead that did not keep them): run ``hydrahead fit``; the response cache
+                answers the requests it already made.
+        """
+        path = self.heads_dir / LABELS_FILE
+        try:
+            labels, _ = load_labels(path, query_vectors=self._stored_vector,
+                                    item_vectors=self._item_vectors)
+        except FileNotFoundError:
+            raise HeadError(
+                f"the {'/'.join(roles)} head(s) must be refitted and no labels are stored in "
+                f"{self.heads_dir}: run `hydrahead fit` (responses already cached cost no "
+                "request)") from None
+        reports = {}
+        for role in roles:
+            self.heads[role] = self.base_heads[role].copy()
+            reports[role] = self._fit_role(role, labels.get(role, PairSet()),
+                                           init=self.base_heads[role])
+        return reports
+
+    def _refit_stale(self) -> None:
+        roles = list(self.refitted)
+        self.refitted = self.refit_from_labels(roles)
+        for role, report in self.refitted.items():
+            logger.warning(
+                "the %s base of the bundle changed: refitted %s's %s head from %d stored labels "
+                "with 0 LLM requests", role, Path(self.store.directory).name, role,
+                0 if report is None else report.n_train + report.n_val)
+
+    def _stored_vector(self, text: str, record_id: str) -> np.ndarray | None:
+        if not record_id:
+            return self.encoder.encode([text])[0]
+        return self.store.vectors([record_id])[0] if record_id in self.store else None
+
+    def _item_vectors(self, texts: Sequence[str], ids: Sequence[str]) -> np.ndarray | None:
+        if all(ids):  # history records: their stored vectors, unless one was deleted
+            if not all(i in self.store for i in ids):
+                return None
+            return self.store.vectors(list(ids))
+        return self.encoder.encode(list(texts))  # LLM candidates
 
     # ------------------------------------------------------------------ forget
     def forget(self) -> None:
@@ -560,7 +630,11 @@ class Personalizer:
         path = self.heads_dir / f"{role}.npz"
         if not path.exists():
             return self.base_heads[role].copy()  # cold start: the shared base head
-        head = Head.load(path, bundle_fingerprint=self.bundle.fingerprint, role=role)
+        try:
+            head = Head.load(path, base_fingerprint=self.featurizers[role].fingerprint, role=role)
+        except StaleHeadError:
+            self.refitted[role] = None  # refitted from the stored labels in __init__
+            return self.base_heads[role].copy()
         if head.rank != self.base_heads[role].rank:
             raise HeadError(
                 f"the saved {role} head has rank {head.rank}, this personalizer was opened with "
@@ -586,7 +660,7 @@ def _client_for(
     )
 
 
-def _check_bases(bases: dict[str, PairBase], bundle: Bundle) -> None:
+def _check_bases(bases: dict[str, Featurizer], bundle: Bundle) -> None:
     """Each base must read the named features this version of hydrahead computes."""
     expected = {"reranker": reranker_features.FEATURE_NAMES, "adapter": FEATURE_NAMES}
     for role, names in expected.items():

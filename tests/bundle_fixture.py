@@ -16,7 +16,7 @@ from pathlib import Path
 from hydrahead.runtime import adapter_features, reranker_features
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.errors import BundleError
-from hydrahead.runtime.pair_base import PairBase
+from hydrahead.runtime.featurizer import OnnxFastBase, load_featurizer
 
 ENV_TEST_BUNDLE = "HYDRAHEAD_TEST_BUNDLE"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +44,11 @@ def _opens(path: Path) -> bool:
         bundle = Bundle.open(path, verify=True)
         if not all(bundle.has_model(name) for name in REQUIRED_MODELS):
             return False
-        bases = {role: PairBase.load(bundle.file(role, "weights")) for role in EXPECTED}
+        bases = {role: load_featurizer(bundle, role) for role in EXPECTED}
     except BundleError:
         return False
-    return all(bases[role].feature_names == names for role, names in EXPECTED.items())
+    return all(bases[role].feature_names == names and bases[role].kind == OnnxFastBase.kind
+               for role, names in EXPECTED.items())
 
 
 def get_test_bundle() -> Path:

@@ -22,7 +22,6 @@ import pytest
 from hydrahead.benchmark.persona_world import make_user
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
-from hydrahead.runtime.fitting import fit_head
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.labeling import Labeler, PairSet
 from hydrahead.runtime.llm.config import LLMConfig
@@ -39,12 +38,7 @@ def _accuracy(answers: list[str], golds: list[str]) -> float:
 
 def _fit_adapter(p: Personalizer, pairs: PairSet) -> None:
     """Fit the adapter head as Personalizer.fit does (listwise over each query's candidates)."""
-    base = p.bases["adapter"]
-    H = np.concatenate([base.hidden_of(q, D, f)
-                        for q, D, f in zip(pairs.queries, pairs.docs, pairs.features)])
-    groups = np.repeat(np.arange(len(pairs.labels)), [len(y) for y in pairs.labels])
-    p.heads["adapter"], _ = fit_head(H, np.concatenate(pairs.labels), init=p.base_heads["adapter"],
-                                     prior=p.base_heads["adapter"], groups=groups, seed=p.seed)
+    p._fit_role("adapter", pairs, init=p.base_heads["adapter"])
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 from hydrahead.runtime import adapter_features, reranker_features
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
-from hydrahead.runtime.pair_base import PairBase
+from hydrahead.runtime.featurizer import Featurizer, load_featurizer
 
 TEXTS = [
     "Fix the flaky test in the rebase test script",
@@ -24,9 +24,9 @@ TEXTS = [
 ]
 
 
-def _bases(bundle_dir: Path) -> tuple[Bundle, dict[str, PairBase]]:
+def _bases(bundle_dir: Path) -> tuple[Bundle, dict[str, Featurizer]]:
     bundle = Bundle.open(bundle_dir)
-    return bundle, {r: PairBase.load(bundle.file(r, "weights")) for r in ("reranker", "adapter")}
+    return bundle, {r: load_featurizer(bundle, r) for r in ("reranker", "adapter")}
 
 
 def test_the_manifest_describes_untrained_bases_and_their_features(bundle_dir: Path) -> None:
@@ -34,7 +34,8 @@ def test_the_manifest_describes_untrained_bases_and_their_features(bundle_dir: P
     for role, names in (("reranker", reranker_features.FEATURE_NAMES),
                         ("adapter", adapter_features.FEATURE_NAMES)):
         spec = bundle.model(role)
-        assert spec["kind"] == "pair-base" and spec["trained"] is False
+        assert spec["kind"] == "pair-base-onnx" and spec["trained"] is False
+        assert spec["parity"]["fp32"]["max_hidden_error"] < 1e-4  # the export's gate ran
         assert bases[role].hidden == spec["hidden"]
         assert bases[role].feature_names == names == tuple(spec["named_features"])
 
@@ -47,9 +48,9 @@ def test_untrained_reranker_ranks_by_cosine_alone(bundle_dir: Path) -> None:
     for i, q in enumerate(vecs):
         docs = np.delete(vecs, i, axis=0)
         cosine = docs @ q
-        X = rng.uniform(0, 1, (len(docs), base.n_features)).astype(np.float32)
+        X = rng.uniform(0, 1, (len(docs), len(base.feature_names))).astype(np.float32)
         X[:, 0] = cosine  # the other features are noise the base head must ignore
-        scores = base.head.scores(base.hidden_of(q, docs, X))
+        scores = base.head.scores(base.hidden_of("", q, [""] * len(docs), docs, X))
         assert np.array_equal(
             np.argsort(-scores, kind="stable"), np.argsort(-cosine, kind="stable")
         )
@@ -61,13 +62,13 @@ def test_untrained_adapter_picks_greedy_then_votes(bundle_dir: Path) -> None:
     vecs = Encoder(bundle).encode(TEXTS)
     rng = np.random.default_rng(1)
     for trial in range(50):
-        X = rng.uniform(0, 1, (7, base.n_features)).astype(np.float32)
+        X = rng.uniform(0, 1, (7, len(base.feature_names))).astype(np.float32)
         X[:, adapter_features.GREEDY] = 0.0
         greedy = int(rng.integers(7))
         X[greedy, adapter_features.GREEDY] = 1.0
         X[:, adapter_features.VOTE] = rng.permutation(8)[:7] / 8  # distinct votes
         X[greedy, adapter_features.VOTE] = 0.0  # the greedy answer wins even unvoted
-        scores = base.head.scores(base.hidden_of(vecs[0], vecs[1:], X))
+        scores = base.head.scores(base.hidden_of("", vecs[0], [""] * 7, vecs[1:], X))
         order = np.argsort(-scores, kind="stable")
         assert order[0] == greedy
         rest = [i for i in order[1:]]

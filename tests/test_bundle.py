@@ -58,10 +58,12 @@ def test_manifest_describes_the_encoder_and_every_file(bundle_dir: Path) -> None
     assert 0.95 <= quality["min_cosine"] <= quality["mean_cosine"] <= 1.0
 
     assert set(manifest["files"]) == {
-        "encoder.int8.onnx", "tokenizer.json", "reranker.npz", "adapter.npz"}
+        "encoder.int8.onnx", "tokenizer.json", "reranker.npz", "adapter.npz", "reranker.onnx",
+        "adapter.onnx"}
     for role in ("reranker", "adapter"):
-        assert manifest["models"][role]["kind"] == "pair-base"
-        assert manifest["models"][role]["files"] == {"weights": f"{role}.npz"}
+        assert manifest["models"][role]["kind"] == "pair-base-onnx"
+        assert manifest["models"][role]["files"] == {"graph": f"{role}.onnx",
+                                                     "weights": f"{role}.npz"}
     for name, entry in manifest["files"].items():
         data = (bundle_dir / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}

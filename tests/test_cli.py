@@ -185,3 +185,29 @@ def test_serve_offline_serves_http(tmp_path: Path) -> None:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     assert "simulator" in out.lower()
+
+
+def test_train_labels_fit_export_evaluate(run, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from hydrahead.benchmark.persona_world import write_world
+    from hydrahead.runtime.bundle import Bundle
+
+    data = write_world(tmp_path / "world", train_users=2, dev_users=1)
+    out = run("train", "labels", "--data", str(data), "--task", "GIT_area", "--budget", "30",
+              "--out", str(tmp_path / "labels.npz"), "--work", str(tmp_path / "work"),
+              "--offline")
+    meta = json.loads(out.stdout[out.stdout.index("{"):])
+    assert meta["users"] == 2 and meta["labels"] == "offline simulator"
+    out = run("train", "fit", str(tmp_path / "labels.npz"), "--out", str(tmp_path / "trained"),
+              "--epochs", "2", "--base-head-epochs", "2")
+    assert "reranker:" in out.stdout and "adapter:" in out.stdout
+    run("train", "export", str(tmp_path / "trained"), "--out", str(tmp_path / "bundle2"))
+    bundle = Bundle.open(tmp_path / "bundle2")
+    for role in ("reranker", "adapter"):
+        spec = bundle.model(role)
+        assert spec["trained"] is True and spec["training"]["data"]["users"] == 2
+    assert not (tmp_path / "bundle2" / "encoder.fp32.onnx").exists()  # listed files only
+    out = run("--bundle", str(tmp_path / "bundle2"), "train", "evaluate", "--data", str(data),
+              "--task", "GIT_area", "--budget", "20", "--offline", "--out",
+              str(tmp_path / "eval"))
+    assert "| **fitted**" in out.stdout and "SIMULATOR" in out.stdout.upper()

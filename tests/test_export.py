@@ -127,7 +127,7 @@ def test_build_publishes_models_added_before_publish(bundle_dir: Path, tmp_path:
     assert bundle.model_names == ["encoder", "reranker", "adapter"]
     assert bundle.model("encoder")["quality"]["sentences"] == len(QUALITY_SENTENCES)
     assert set(bundle.manifest["files"]) == {"encoder.int8.onnx", "tokenizer.json",
-                                             "reranker.npz", "adapter.npz"}
+                                             "reranker.npz", "adapter.npz", "adapter.onnx"}
     assert not (out / "encoder.fp32.onnx").exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["bundle"]
 

@@ -128,36 +128,36 @@ def test_save_load_round_trip_is_bit_exact(
     init = PairBase.untrained(seed=0, head_rank=head_rank).head
     head, _ = fit_head(H, y, init=init, epochs=3)
     path = tmp_path / "reranker.npz"
-    head.save(path, bundle_fingerprint=FINGERPRINT, role="reranker")
+    head.save(path, base_fingerprint=FINGERPRINT, role="reranker")
     assert (os.stat(path).st_mode & 0o777) == 0o600
-    loaded = Head.load(path, bundle_fingerprint=FINGERPRINT, role="reranker", hidden=64)
+    loaded = Head.load(path, base_fingerprint=FINGERPRINT, role="reranker", hidden=64)
     assert all_params_equal(loaded, head) and loaded.rank == head_rank
     assert np.array_equal(loaded.scores(H), head.scores(H))
 
 
 def test_head_of_another_bundle_or_role_is_refused(tmp_path: Path, base: PairBase) -> None:
     path = tmp_path / "adapter.npz"
-    base.head.save(path, bundle_fingerprint=FINGERPRINT, role="adapter")
+    base.head.save(path, base_fingerprint=FINGERPRINT, role="adapter")
     with pytest.raises(HeadError) as err:
-        Head.load(path, bundle_fingerprint=OTHER_FINGERPRINT, role="adapter")
+        Head.load(path, base_fingerprint=OTHER_FINGERPRINT, role="adapter")
     message = str(err.value)
     assert "abc123" in message and "def456" in message and "hydrahead fit" in message
     with pytest.raises(HeadError, match="adapter head, not the reranker"):
-        Head.load(path, bundle_fingerprint=FINGERPRINT, role="reranker")
+        Head.load(path, base_fingerprint=FINGERPRINT, role="reranker")
     with pytest.raises(HeadError, match="width 64"):
-        Head.load(path, bundle_fingerprint=FINGERPRINT, role="adapter", hidden=128)
+        Head.load(path, base_fingerprint=FINGERPRINT, role="adapter", hidden=128)
     with pytest.raises(InvalidInputError):
-        Head.load(path, bundle_fingerprint=FINGERPRINT, role="writer")
+        Head.load(path, base_fingerprint=FINGERPRINT, role="writer")
 
 
 def test_failed_save_keeps_the_stored_head(tmp_path: Path, base: PairBase) -> None:
     path = tmp_path / "reranker.npz"
-    base.head.save(path, bundle_fingerprint=FINGERPRINT, role="reranker")
+    base.head.save(path, base_fingerprint=FINGERPRINT, role="reranker")
     before = path.read_bytes()
     with pytest.raises(InvalidInputError):
-        base.head.save(path, bundle_fingerprint=FINGERPRINT, role="nonsense")
+        base.head.save(path, base_fingerprint=FINGERPRINT, role="nonsense")
     with pytest.raises(InvalidInputError):
-        base.head.save(path, bundle_fingerprint="", role="reranker")
+        base.head.save(path, base_fingerprint="", role="reranker")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reranker.npz"]  # no temp files left
 
@@ -170,7 +170,7 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
 
 def test_corrupt_or_malformed_files_raise_head_error(tmp_path: Path, base: PairBase) -> None:
     good = tmp_path / "good.npz"
-    base.head.save(good, bundle_fingerprint=FINGERPRINT, role="reranker")
+    base.head.save(good, base_fingerprint=FINGERPRINT, role="reranker")
     data = good.read_bytes()
     with np.load(good, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
@@ -178,10 +178,10 @@ def test_corrupt_or_malformed_files_raise_head_error(tmp_path: Path, base: PairB
     def load(name: str, content: bytes) -> Head:
         path = tmp_path / name
         path.write_bytes(content)
-        return Head.load(path, bundle_fingerprint=FINGERPRINT, role="reranker")
+        return Head.load(path, base_fingerprint=FINGERPRINT, role="reranker")
 
     with pytest.raises(HeadError, match="does not exist"):
-        Head.load(tmp_path / "absent.npz", bundle_fingerprint=FINGERPRINT, role="reranker")
+        Head.load(tmp_path / "absent.npz", base_fingerprint=FINGERPRINT, role="reranker")
     with pytest.raises(HeadError, match="corrupt"):
         load("truncated.npz", data[: len(data) // 2])
     with pytest.raises(HeadError, match="corrupt"):
@@ -200,7 +200,7 @@ def test_corrupt_or_malformed_files_raise_head_error(tmp_path: Path, base: PairB
     with pytest.raises(HeadError, match="NaN"):
         load("nan.npz", _npz_bytes(**{**arrays, "param.W2": nan_w}))
     with pytest.raises(HeadError, match="newer"):
-        load("newer.npz", _npz_bytes(**{**arrays, "format_version": np.array(2)}))
+        load("newer.npz", _npz_bytes(**{**arrays, "format_version": np.array(3)}))
     with pytest.raises(HeadError, match="not a hydrahead head"):
         load("other.npz", _npz_bytes(**{**arrays, "format": np.array("something-else")}))
     with pytest.raises(HeadError, match="role"):

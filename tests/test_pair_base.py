@@ -11,7 +11,8 @@ import pytest
 
 from hydrahead.runtime.errors import BundleError, InvalidInputError
 from hydrahead.runtime.heads import Head
-from hydrahead.runtime.pair_base import PairBase, PairFeaturizer
+from hydrahead.runtime.featurizer import Featurizer, NumpyFastBase
+from hydrahead.runtime.pair_base import PairBase
 
 DIM = 384
 
@@ -53,8 +54,9 @@ def test_random_features_are_not_saturated_and_vary_with_the_item(base: PairBase
     assert F.std(axis=0).min() > 0.05  # every feature depends on the item
 
 
-def test_is_a_pair_featurizer(base: PairBase) -> None:
-    assert isinstance(base, PairFeaturizer)
+def test_a_numpy_base_is_a_featurizer(base: PairBase) -> None:
+    featurizer = NumpyFastBase(base, "fingerprint")
+    assert isinstance(featurizer, Featurizer) and featurizer.hidden == base.hidden
 
 
 def test_untrained_is_deterministic_per_seed() -> None:

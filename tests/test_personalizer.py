@@ -19,6 +19,7 @@ from hydrahead.runtime.errors import (
     TaskError,
 )
 from hydrahead.runtime.adapter_features import candidate_features
+from hydrahead.runtime.featurizer import base_fingerprint
 from hydrahead.runtime.heads import Head
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.config import LLMConfig
@@ -110,8 +111,10 @@ def test_fit_saves_stamped_heads_and_a_refit_costs_no_requests(
                 np.testing.assert_array_equal(p.heads[role].params[name], value)
 
     head_dir = tmp_path / "users" / "alice" / "heads"
-    assert sorted(f.name for f in head_dir.iterdir()) == ["adapter.npz", "reranker.npz"]
-    Head.load(head_dir / "reranker.npz", bundle_fingerprint=bundle.fingerprint, role="reranker")
+    assert sorted(f.name for f in head_dir.iterdir()) == [
+        "adapter.npz", "labels.npz", "reranker.npz"]
+    Head.load(head_dir / "reranker.npz", base_fingerprint=base_fingerprint(bundle, "reranker"),
+              role="reranker")
     with _open(tmp_path, bundle, encoder, server.url) as p:  # reopened: the fitted heads load
         for role, params in heads.items():
             for name, value in params.items():
@@ -157,7 +160,7 @@ def test_feedback_moves_the_adapter_toward_the_users_answer(
 
         def score() -> float:
             X = candidate_features(p.task, a.context, [wanted], vec)
-            return float(p.adapter_scores(a.context.query_vec, vec, X)[0])
+            return float(p.adapter_scores(query, a.context.query_vec, [wanted], vec, X)[0])
 
         before = score()
         reranker_before = p.heads["reranker"].params["W2"].copy()
@@ -230,7 +233,7 @@ def test_llm_failures_end_in_an_answer_or_a_clear_error(
 def test_heads_of_another_bundle_are_refused(tmp_path, bundle, encoder, server):
     with _open(tmp_path, bundle, encoder, server.url) as p:
         p.heads["reranker"].save(
-            p.heads_dir / "reranker.npz", bundle_fingerprint="0" * 64, role="reranker"
+            p.heads_dir / "reranker.npz", base_fingerprint="0" * 64, role="reranker"
         )
     with pytest.raises(HeadError, match="refit"):
         _open(tmp_path, bundle, encoder, server.url)
@@ -249,7 +252,7 @@ def test_forget_removes_everything(tmp_path, bundle, encoder, server, user):
 def test_low_rank_heads_are_smaller_and_keep_their_rank(tmp_path, bundle, encoder, server, user):
     with _open(tmp_path, bundle, encoder, server.url, head_rank=8) as p:
         import_records(p.store, p.task, user["history"])
-        full_bytes = p.bases["reranker"].head.nbytes
+        full_bytes = p.featurizers["reranker"].head.nbytes
         s = p.fit(budget=40, progress=False)
         assert p.heads["reranker"].rank == 8
         assert s.head_bytes["reranker"] < full_bytes / 2

@@ -40,14 +40,14 @@ from hydrahead import __version__
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.errors import InvalidInputError
-from hydrahead.runtime.importing import import_records, lamp_profile
+from hydrahead.runtime.importing import import_records, lamp_users
 from hydrahead.runtime.labeling import query_seed
 from hydrahead.runtime.llm.client import LLMClient
 from hydrahead.runtime.llm.config import LLMConfig
 from hydrahead.runtime.llm.outbox import Outbox
 from hydrahead.runtime.personalizer import ROLES, Personalizer
 from hydrahead.runtime.tasks import Task, get_task
-from hydrahead.runtime.tasks.lamp import LampQuestion, load_lamp_questions
+from hydrahead.runtime.tasks.lamp import LampQuestion
 
 BASELINES = ("zero-shot", "random", "bm25", "dense")
 HYDRA = {  # system -> (reranker head fitted, adapter head fitted)
@@ -182,30 +182,6 @@ class Results:
         }
 
 
-# ------------------------------------------------------------------------------------- data
-def task_folder(data: Path, task: Task) -> Path:
-    """The folder holding ``{split}_questions.json``: ``data/<task>/`` if present, else ``data``."""
-    nested = data / task.name
-    return nested if nested.is_dir() else data
-
-
-def load_users(data: Path, task: Task, split: str
-               ) -> list[tuple[str, list[dict[str, Any]], list[LampQuestion]]]:
-    """Each user of the split: history rows (question items removed) and questions, file order."""
-    folder = task_folder(data, task)
-    questions = load_lamp_questions(folder / f"{split}_questions.json",
-                                    folder / f"{split}_outputs.json")
-    by_user: dict[str, list[LampQuestion]] = defaultdict(list)
-    for q in questions:
-        by_user[q.user_id].append(q)
-    users = []
-    for user_id, own in by_user.items():
-        asked = {q.id for q in own}
-        rows = [r for r in lamp_profile(questions, user_id) if str(r.get("id")) not in asked]
-        users.append((user_id, rows, own))
-    return users
-
-
 # ------------------------------------------------------------------------------------- run
 @contextmanager
 def llm_endpoint(llm_url: str | None, offline: bool) -> Iterator[tuple[str, bool]]:
@@ -242,7 +218,7 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
     """
     settings = settings or Settings()
     task = get_task(task_name)
-    all_users = load_users(Path(data), task, split)[:users]
+    all_users = lamp_users(Path(data), task, split)[:users]
     if not all_users:
         raise InvalidInputError(f"no {split} questions for {task.name} in {data}")
     b = Bundle.open(bundle)
@@ -355,7 +331,8 @@ def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = No
 def _fit(p: Personalizer, s: Settings, rule: str) -> FitStats:
     summary = p.fit(budget=s.budget, progress=False, reranker_rule=rule)
     labels = summary.labels
-    state = sum(f.stat().st_size for f in p.heads_dir.glob("*.npz"))
+    state = sum((p.heads_dir / f"{role}.npz").stat().st_size for role in ROLES
+                if (p.heads_dir / f"{role}.npz").exists())
     return FitStats(rule, labels.requests_sent, labels.prompt_tokens, labels.completion_tokens,
                     summary.seconds, labels.reranker.n_pairs, labels.reranker.n_positive,
                     labels.adapter.n_pairs, labels.adapter.n_positive,

@@ -1,0 +1,192 @@
+"""Labelled pairs on disk: a user's fitted labels, and the server's training dataset.
+
+A :class:`~hydrahead.runtime.labeling.PairSet` is written flat, one array per column, into an
+``.npz`` read back with ``allow_pickle=False``. Per role (``reranker.`` or ``adapter.``
+prefix)::
+
+    query_text (G,) str     query_id (G,) str ("" = not a record)     group_user (G,) int
+    item_group (P,) int     item_text (P,) str     item_id (P,) str ("" = an LLM candidate)
+    features (P, F) float32     label (P,) float64
+    query_vec (G, dim) float32  item_vec (P, dim) float32    (only when vectors are kept)
+
+Two files use it:
+
+* ``heads/labels.npz`` in a user's directory, written by ``fit()``: the labels the user's heads
+  were fitted on, **without vectors** (record ids point into the user's store; candidates are
+  re-embedded). When the bundle's shared base changes, the heads are refitted from it with no
+  LLM request. Deleting records from the store through the personalizer drops the groups
+  that held them (:func:`drop_records`).
+* the training dataset of :mod:`hydrahead.train.labels`, many users, **with vectors**, texts
+  kept for a cross-encoder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import HeadError, InvalidInputError
+from .labeling import PairSet
+from .paths import atomic_write_bytes
+
+FORMAT = "hydrahead-labels"
+FORMAT_VERSION = 1
+ROLES = ("reranker", "adapter")
+
+
+def pairs_to_arrays(pairs: PairSet, *, vectors: bool, users: Sequence[int] | None = None,
+                    prefix: str = "") -> dict[str, np.ndarray]:
+    """The columns of ``pairs`` (see the module docstring), keys prefixed by ``prefix``."""
+    sizes = [len(y) for y in pairs.labels]
+    n_features = next((f.shape[1] for f in pairs.features if f is not None), 0)
+    features = [f if f is not None else np.zeros((n, 0), np.float32)
+                for f, n in zip(pairs.features, sizes)]
+    out = {
+        "query_text": np.array(pairs.query_texts, dtype=str),
+        "query_id": np.array([i or "" for i in pairs.query_ids], dtype=str),
+        "group_user": np.array(users if users is not None else [0] * len(sizes), dtype=np.int64),
+        "item_group": np.repeat(np.arange(len(sizes), dtype=np.int64), sizes),
+        "item_text": np.array([t for ts in pairs.item_texts for t in ts], dtype=str),
+        "item_id": np.array([i or "" for ids in pairs.item_ids for i in ids], dtype=str),
+        "features": (np.concatenate(features).astype(np.float32) if sizes
+                     else np.zeros((0, n_features), np.float32)),
+        "label": (np.concatenate(pairs.labels) if sizes else np.zeros(0)).astype(np.float64),
+    }
+    if vectors:
+        dim = pairs.queries[0].shape[0] if sizes else 0
+        out["query_vec"] = (np.stack(pairs.queries) if sizes
+                            else np.zeros((0, dim), np.float32)).astype(np.float32)
+        out["item_vec"] = (np.concatenate(pairs.docs) if sizes
+                           else np.zeros((0, dim), np.float32)).astype(np.float32)
+    return {prefix + k: v for k, v in out.items()}
+
+
+def pairs_from_arrays(
+    arrays: Mapping[str, np.ndarray],
+    *,
+    prefix: str = "",
+    query_vectors: Callable[[str, str], np.ndarray | None] | None = None,
+    item_vectors: Callable[[Sequence[str], Sequence[str]], np.ndarray | None] | None = None,
+) -> tuple[PairSet, np.ndarray]:
+    """A PairSet (and each group's user) from the columns written by :func:`pairs_to_arrays`.
+
+    Without stored vectors, ``query_vectors(text, id)`` and ``item_vectors(texts, ids)`` give
+    them; a group for which either returns ``None`` (a deleted record) is dropped.
+    """
+    a = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    stored = "query_vec" in a and "item_vec" in a
+    if not stored and (query_vectors is None or item_vectors is None):
+        raise InvalidInputError("these labels keep no vectors: pass query_vectors, item_vectors")
+    groups = a["item_group"]
+    starts = np.searchsorted(groups, np.arange(len(a["query_text"]) + 1))
+    pairs, users = PairSet(), []
+    for g in range(len(a["query_text"])):
+        rows = slice(starts[g], starts[g + 1])
+        q_text, q_id = str(a["query_text"][g]), str(a["query_id"][g]) or None
+        texts = [str(t) for t in a["item_text"][rows]]
+        ids = [str(i) or None for i in a["item_id"][rows]]
+        if stored:
+            q_vec, d_vecs = a["query_vec"][g], a["item_vec"][rows]
+        else:
+            q_vec = query_vectors(q_text, q_id or "")  # type: ignore[misc]
+            d_vecs = item_vectors(texts, [i or "" for i in ids])  # type: ignore[misc]
+            if q_vec is None or d_vecs is None:
+                continue
+        f = a["features"][rows]
+        pairs.add(q_vec, d_vecs, a["label"][rows], f if f.shape[1] else None,
+                  query_text=q_text, query_id=q_id, item_texts=texts, item_ids=ids)
+        users.append(int(a["group_user"][g]))
+    return pairs, np.array(users, dtype=np.int64)
+
+
+def save_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
+                meta: Mapping[str, Any]) -> None:
+    """Write a user's labels (no vectors) with ``meta`` (JSON) to ``path``, atomically."""
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
+        "meta": np.array(json.dumps(dict(meta), sort_keys=True)),
+    }
+    for role, pairs in labels.items():
+        arrays.update(pairs_to_arrays(pairs, vectors=False, prefix=f"{role}."))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_npz(path: str | os.PathLike[str], fmt: str, error: type[Exception] = HeadError
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """All arrays of a labels file of format ``fmt`` and its ``meta``; damage raises ``error``."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        if str(arrays["format"]) != fmt:
+            raise error(f"{where} is not a {fmt} file")
+        meta = json.loads(str(arrays["meta"]))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise error(f"{where} is corrupt ({exc})") from exc
+    return arrays, meta
+
+
+def load_labels(
+    path: str | os.PathLike[str],
+    *,
+    query_vectors: Callable[[str, str], np.ndarray | None],
+    item_vectors: Callable[[Sequence[str], Sequence[str]], np.ndarray | None],
+) -> tuple[dict[str, PairSet], dict[str, Any]]:
+    """Read a user's labels written by :func:`save_labels` (see :func:`pairs_from_arrays`).
+
+    Raises:
+        FileNotFoundError: there is no labels file.
+        HeadError: the file is damaged.
+    """
+    arrays, meta = read_npz(path, FORMAT)
+    out = {}
+    for role in ROLES:
+        if f"{role}.label" in arrays:
+            out[role], _ = pairs_from_arrays(arrays, prefix=f"{role}.",
+                                             query_vectors=query_vectors,
+                                             item_vectors=item_vectors)
+    return out, meta
+
+
+def drop_records(path: str | os.PathLike[str], ids: Sequence[str]) -> int:
+    """Remove from a user's labels file every group whose query or items include a record in
+    ``ids`` (their text goes with them); returns how many groups were dropped."""
+    try:
+        arrays, meta = read_npz(path, FORMAT)
+    except FileNotFoundError:
+        return 0
+    gone = set(ids)
+    dropped = 0
+    out = {k: v for k, v in arrays.items() if "." not in k}
+    for role in ROLES:
+        if f"{role}.label" not in arrays:
+            continue
+        a = {k[len(role) + 1:]: v for k, v in arrays.items() if k.startswith(f"{role}.")}
+        hit = np.isin(a["query_id"], list(gone))
+        hit[a["item_group"][np.isin(a["item_id"], list(gone))]] = True
+        keep_group, keep_row = ~hit, ~hit[a["item_group"]]
+        dropped += int(hit.sum())
+        renumber = np.cumsum(keep_group) - 1
+        for k, v in a.items():
+            if k in ("query_text", "query_id", "group_user", "query_vec"):
+                v = v[keep_group]
+            elif k == "item_group":
+                v = renumber[v[keep_row]]
+            else:
+                v = v[keep_row]
+            out[f"{role}.{k}"] = v
+    if dropped:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **out)
+        atomic_write_bytes(path, buffer.getvalue())
+    return dropped

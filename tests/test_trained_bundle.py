@@ -1,0 +1,147 @@
+"""Trained bases in a bundle: server-side labels made by the device's code, bases exported as
+parity-gated ONNX graphs, and user heads bound to the base they read (a changed base refits
+them from stored labels with no LLM request; an unchanged one keeps them)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_users import make_user
+
+from hydrahead.benchmark.persona_world import write_world
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.encoder import Encoder
+from hydrahead.runtime.errors import HeadError
+from hydrahead.runtime.featurizer import OnnxFastBase, base_fingerprint, load_featurizer
+from hydrahead.runtime.importing import import_records
+from hydrahead.runtime.llm.config import LLMConfig
+from hydrahead.runtime.llm.offline import OfflineLLMServer
+from hydrahead.runtime.pair_base import PairBase
+from hydrahead.runtime.personalizer import Personalizer
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from hydrahead.export.bases import GAINS, write_base  # noqa: E402
+from hydrahead.train.labels import LabelSettings, build_dataset, load_dataset  # noqa: E402
+
+
+@pytest.fixture()
+def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+
+
+def _other_adapter_base(dim: int) -> PairBase:
+    """A different adapter base (random features on), standing in for a trained one."""
+    return PairBase.untrained(dim=dim, hidden=64, seed=5, features=GAINS["adapter"], gain=0.5)
+
+
+def _open(root: Path, bundle: Path, url: str) -> Personalizer:
+    return Personalizer.open("alice", bundle=bundle, task="GIT_area", root=root,
+                             llm=LLMConfig.from_env(base_url=url))
+
+
+def test_a_changed_base_refits_its_heads_from_stored_labels_with_no_request(
+        bundle_copy: Path, tmp_path: Path) -> None:
+    with OfflineLLMServer() as server:
+        with _open(tmp_path, bundle_copy, server.url) as p:
+            import_records(p.store, p.task, make_user(0)["history"])
+            p.fit(budget=40, progress=False)
+            before = {r: p.heads[r].params for r in ("reranker", "adapter")}
+        sent = len(server.captured)
+
+        bundle = write_base(bundle_copy, "adapter", _other_adapter_base(384),
+                            training={"data": "test"})
+        assert bundle.model("adapter")["trained"] is True
+        assert bundle.model("adapter")["parity"]["fp32"]["max_hidden_error"] < 1e-4
+        with _open(tmp_path, bundle_copy, server.url) as p:
+            assert list(p.refitted) == ["adapter"]  # the reranker base did not change
+            assert p.refitted["adapter"] is not None
+            for name, value in before["reranker"].items():
+                np.testing.assert_array_equal(p.heads["reranker"].params[name], value)
+            assert any(not np.array_equal(p.heads["adapter"].params[k], v)
+                       for k, v in before["adapter"].items())
+            assert isinstance(p.featurizers["adapter"], OnnxFastBase)
+            assert p.ask(make_user(0)["queries"][0]["query"]).answer is not None
+        assert len(server.captured) == sent + 2  # the ask only: the refit sent nothing
+
+        with _open(tmp_path, bundle_copy, server.url) as p:  # refitted heads are kept
+            assert p.refitted == {}
+        stamp = np.load(tmp_path / "users" / "alice" / "heads" / "adapter.npz")
+        assert str(stamp["base_fingerprint"]) == base_fingerprint(Bundle.open(bundle_copy),
+                                                                  "adapter")
+
+
+def test_a_changed_base_without_stored_labels_asks_for_a_fit(bundle_copy: Path,
+                                                             tmp_path: Path) -> None:
+    with OfflineLLMServer() as server:
+        with _open(tmp_path, bundle_copy, server.url) as p:
+            import_records(p.store, p.task, make_user(0)["history"])
+            p.fit(budget=40, progress=False)
+        (tmp_path / "users" / "alice" / "heads" / "labels.npz").unlink()
+        write_base(bundle_copy, "adapter", _other_adapter_base(384))
+        with pytest.raises(HeadError, match="hydrahead fit"):
+            _open(tmp_path, bundle_copy, server.url)
+
+
+def test_deleted_records_leave_the_refit(bundle_copy: Path, tmp_path: Path) -> None:
+    with OfflineLLMServer() as server:
+        with _open(tmp_path, bundle_copy, server.url) as p:
+            import_records(p.store, p.task, make_user(0)["history"])
+            s = p.fit(budget=40, progress=False)
+            query_ids = {i for i in s.labels.reranker.query_ids if i}
+            gone = p.store.get(sorted(query_ids)[0])
+            p.delete(sorted(query_ids))
+        labels = (tmp_path / "users" / "alice" / "heads" / "labels.npz").read_bytes()
+        with np.load(tmp_path / "users" / "alice" / "heads" / "labels.npz") as npz:
+            texts = [str(t) for k in npz.files if k.endswith("_text") for t in npz[k]]
+        assert not any(gone.text in t for t in texts)  # the deleted text left the labels too
+        assert labels
+        write_base(bundle_copy, "reranker", PairBase.untrained(
+            dim=384, hidden=64, seed=9, features=GAINS["reranker"], gain=0.5))
+        with _open(tmp_path, bundle_copy, server.url) as p:
+            # every reranker label's query was deleted: nothing is left to fit on
+            assert p.refitted == {"reranker": None}
+
+
+def test_server_labels_are_the_devices_and_a_rerun_sends_nothing(bundle_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    data = write_world(tmp_path / "world", train_users=2, dev_users=1)
+    settings = LabelSettings(budget=30)
+    with OfflineLLMServer() as server:
+        config = LLMConfig.from_env(base_url=server.url)
+        first = build_dataset(data, "GIT_area", tmp_path / "labels.npz", bundle=bundle_dir,
+                              work=tmp_path / "work", llm=config, simulated=True,
+                              settings=settings, workers=2, progress=False)
+        sent = len(server.captured)
+        again = build_dataset(data, "GIT_area", tmp_path / "again.npz", bundle=bundle_dir,
+                              work=tmp_path / "work", llm=config, simulated=True,
+                              settings=settings, workers=2, progress=False)
+        assert len(server.captured) == sent  # resumed from the response caches
+    assert first.meta["users"] == 2 and first.meta["simulated"] is True
+    assert first.meta["labels"] == "offline simulator"
+    assert 0 < first.meta["requests_sent"] == sent and again.meta["requests_sent"] == 0
+    loaded = load_dataset(tmp_path / "labels.npz")
+    for role in ("reranker", "adapter"):
+        pairs = loaded.pairs[role]
+        assert len(pairs) > 0 and set(loaded.group_user[role]) == {0, 1}
+        assert all(0.0 <= y.min() and y.max() <= 1.0 for y in pairs.labels)
+        assert pairs.docs[0].shape[1] == Encoder(Bundle.open(bundle_dir)).dim
+        np.testing.assert_array_equal(np.concatenate(pairs.labels),
+                                      np.concatenate(again.pairs[role].labels))
+    # the users' own questions come first among the labelling queries (no record id)
+    assert loaded.pairs["adapter"].query_ids[0] is None
+
+
+def test_the_bundle_names_each_roles_featurizer(bundle_copy: Path) -> None:
+    bundle = Bundle.open(bundle_copy)
+    for role in ("reranker", "adapter"):
+        featurizer = load_featurizer(bundle, role)
+        assert featurizer.kind == "pair-base-onnx"
+        assert featurizer.fingerprint == base_fingerprint(bundle, role)
+    before = base_fingerprint(bundle, "reranker")
+    write_base(bundle_copy, "adapter", _other_adapter_base(384))
+    assert base_fingerprint(Bundle.open(bundle_copy), "reranker") == before

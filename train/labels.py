@@ -1,0 +1,233 @@
+"""Labels at server scale: every training user's reranker and adapter labels, in one file.
+
+For each user of a LaMP-format split, this does **exactly what the device does** in
+``Personalizer.fit`` (same code: the runtime's store, labeller, LLM client, response cache and
+ledger), with the user's own LaMP questions as labelling queries first (their golds are known
+on training users) and then the user's records, each predicted from the records before it
+(profile against profile). Users run concurrently in a bounded thread pool; each gets a
+working directory (``WORK/users/<id>/``) whose response cache makes a rerun free: an
+interrupted build resumes where it stopped, sending only the requests not yet answered.
+
+The result is one ``.npz`` (:func:`save_dataset`): per role, the columns of
+:mod:`hydrahead.runtime.label_file` with vectors and texts, each group tagged with its user,
+plus a JSON ``meta`` saying what made the labels (data, users, the LLM or the simulator,
+settings, requests sent). Training reads it with :func:`load_dataset`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hydrahead import __version__
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.encoder import Encoder
+from hydrahead.runtime.errors import InvalidInputError
+from hydrahead.runtime.importing import import_records, lamp_users
+from hydrahead.runtime.label_file import pairs_from_arrays, pairs_to_arrays, read_npz
+from hydrahead.runtime.labeling import PairSet, Question
+from hydrahead.runtime.llm.cache import ResponseCache
+from hydrahead.runtime.llm.client import LLMClient
+from hydrahead.runtime.llm.config import LLMConfig
+from hydrahead.runtime.llm.outbox import Outbox
+from hydrahead.runtime.paths import atomic_write_bytes
+from hydrahead.runtime.personalizer import ROLES, Personalizer
+from hydrahead.runtime.tasks import get_task
+
+FORMAT = "hydrahead-label-dataset"
+
+
+@dataclass
+class LabelSettings:
+    """How labels are made (the device's defaults, a larger budget per user)."""
+
+    budget: int = 200  # LLM calls per user
+    k: int = 20
+    m: int = 4
+    n: int = 8
+    temperature: float = 1.0
+    max_tokens: int = 64
+    seed: int = 0
+    reranker_rule: str = "graded"
+    questions: bool = True  # the users' own LaMP questions as labelling queries first
+
+
+@dataclass
+class Dataset:
+    """Labelled pairs of many users, per role, and what made them."""
+
+    users: list[str]
+    pairs: dict[str, PairSet]
+    group_user: dict[str, np.ndarray]  # per role: each group's index into ``users``
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def build_dataset(
+    data: str | Path,
+    task_name: str,
+    out: str | Path,
+    *,
+    bundle: str | Path,
+    work: str | Path,
+    llm: LLMConfig,
+    simulated: bool,
+    split: str = "train",
+    users: int | None = None,
+    settings: LabelSettings | None = None,
+    workers: int = 4,
+    max_requests: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Dataset:
+    """Label every user of ``split`` and write the dataset to ``out``.
+
+    Args:
+        data: A LaMP-format directory.
+        task_name: Task name or spec path.
+        out: The dataset file to write (.npz).
+        bundle: The bundle whose encoder and (untrained or current) bases label.
+        work: Working directory: per-user stores, response caches and ledgers (resumable).
+        llm: The LLM endpoint.
+        simulated: Whether ``llm`` is the offline simulator (recorded in the meta).
+        split: Which users (``train`` by default).
+        users: Only the first this many users.
+        settings: Budget per user and the device's labelling settings.
+        workers: Users labelled concurrently.
+        max_requests: Stop starting new users once this many HTTP requests were sent.
+        progress: Show a progress bar over users.
+        log: Called with one line per finished user.
+    """
+    settings = settings or LabelSettings()
+    task = get_task(task_name)
+    todo = lamp_users(data, task, split)[:users]
+    if not todo:
+        raise InvalidInputError(f"no {split} users for {task.name} in {data}")
+    b = Bundle.open(bundle)
+    encoder = Encoder(b)
+    work = Path(work)
+    sent = _Sent()
+    started = time.perf_counter()
+    results: dict[str, tuple[dict[str, PairSet], dict[str, int]]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {
+            pool.submit(_label_user, work, user_id, rows, questions, task_name, b, encoder, llm,
+                        settings, sent, max_requests): user_id
+            for user_id, rows, questions in todo
+        }
+        bar = tqdm(as_completed(futures), total=len(futures), desc="users", unit="user",
+                   disable=not progress)
+        for future in bar:
+            user_id = futures[future]
+            found = future.result()
+            if found is None:
+                continue
+            results[user_id] = found
+            bar.set_postfix(requests=sent.total)
+            if log:
+                cost = found[1]
+                log(f"{user_id}: {cost['reranker_pairs']} reranker / {cost['adapter_pairs']} "
+                    f"adapter pairs, {cost['requests_sent']} requests sent")
+    names = [u for u, _, _ in todo if u in results]
+    pairs = {role: PairSet() for role in ROLES}
+    group_user = {role: [] for role in ROLES}
+    for i, user_id in enumerate(names):
+        for role in ROLES:
+            pairs[role].extend(results[user_id][0][role])
+            group_user[role] += [i] * len(results[user_id][0][role])
+    costs = [results[u][1] for u in names]
+    meta = {
+        "hydrahead": __version__, "task": task.name, "data": str(data), "split": split,
+        "users": len(names), "users_skipped": len(todo) - len(names),
+        "labels": "offline simulator" if simulated else f"LLM {llm.model} at {llm.base_url}",
+        "simulated": simulated, "bundle_fingerprint": b.fingerprint[:12],
+        "settings": asdict(settings),
+        **{k: int(sum(c[k] for c in costs)) for k in
+           ("llm_calls", "requests_sent", "prompt_tokens", "completion_tokens",
+            "reranker_pairs", "adapter_pairs")},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    dataset = Dataset(names, pairs, {r: np.array(g, np.int64) for r, g in group_user.items()},
+                      meta)
+    save_dataset(out, dataset)
+    return dataset
+
+
+class _Sent:
+    """HTTP requests sent so far, across the pool's threads."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+
+
+def _label_user(work: Path, user_id: str, rows: list[dict[str, Any]], questions: Sequence[Any],
+                task_name: str, bundle: Bundle, encoder: Encoder, config: LLMConfig,
+                s: LabelSettings, sent: _Sent, max_requests: int | None
+                ) -> tuple[dict[str, PairSet], dict[str, int]] | None:
+    """One user's labels, made by ``Personalizer.fit`` in the user's working directory."""
+    if max_requests is not None and sent.total >= max_requests:
+        return None
+    directory = work / "users" / user_id
+    directory.mkdir(parents=True, exist_ok=True)
+    client = LLMClient(config, cache=ResponseCache(directory / "llm_cache.sqlite"),
+                       outbox=Outbox(directory / "outbox.jsonl"))
+    options = dict(k=s.k, m=s.m, n=s.n, temperature=s.temperature, seed=s.seed,
+                   max_tokens=s.max_tokens)
+    with client, Personalizer.open(directory, bundle=bundle, encoder=encoder, task=task_name,
+                                   llm=client, **options) as p:
+        if p.store.count() != len(rows):
+            import_records(p.store, p.task, rows)
+        asked = []
+        if s.questions:
+            texts = [p.task.query_text(q.input) for q in questions if q.gold is not None]
+            golds = [q.gold for q in questions if q.gold is not None]
+            vectors = encoder.encode(texts) if texts else []
+            asked = [Question(t, g, v, frozenset(str(r.get("id")) for r in q.profile))
+                     for t, g, v, q in zip(texts, golds, vectors,
+                                           [q for q in questions if q.gold is not None])]
+        summary = p.fit(budget=s.budget, progress=False, reranker_rule=s.reranker_rule,
+                        questions=asked)
+        client.cache.close()  # type: ignore[union-attr]
+    labels = summary.labels
+    sent.add(labels.requests_sent)
+    cost = {"llm_calls": labels.llm_calls, "requests_sent": labels.requests_sent,
+            "prompt_tokens": labels.prompt_tokens, "completion_tokens": labels.completion_tokens,
+            "reranker_pairs": labels.reranker.n_pairs, "adapter_pairs": labels.adapter.n_pairs}
+    return {"reranker": labels.reranker, "adapter": labels.adapter}, cost
+
+
+def save_dataset(path: str | Path, dataset: Dataset) -> None:
+    """Write ``dataset`` (vectors and texts kept) to ``path``, atomically."""
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT), "meta": np.array(json.dumps(dataset.meta, sort_keys=True)),
+        "users": np.array(dataset.users, dtype=str),
+    }
+    for role in ROLES:
+        arrays.update(pairs_to_arrays(dataset.pairs[role], vectors=True,
+                                      users=dataset.group_user[role], prefix=f"{role}."))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue(), mode=0o600)
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Read a dataset written by :func:`save_dataset`."""
+    arrays, meta = read_npz(path, FORMAT, InvalidInputError)
+    pairs, group_user = {}, {}
+    for role in ROLES:
+        pairs[role], group_user[role] = pairs_from_arrays(arrays, prefix=f"{role}.")
+    return Dataset([str(u) for u in arrays["users"]], pairs, group_user, meta)
