@@ -11,7 +11,14 @@ During ``ask()`` only the rendered prompt (the query and the m reranked records)
 device; the top-k records beyond the prompt are read only by the adapter, locally. ``fit()``
 sends the user's own records too, as labelling queries with zero, one or m other records as
 examples (:mod:`hydrahead.runtime.labeling`). The heads are fitted on the device from those
-labels. With untrained heads the answer is the LLM's greedy answer to the dense top-m prompt.
+labels, which stay in the user's directory (``heads/labels.npz``). With the untrained bases and
+heads, the answer is the LLM's greedy answer to the dense top-m prompt.
+
+Each role's shared base is the bundle's featurizer for that role
+(:mod:`hydrahead.runtime.featurizer`: an ONNX graph run by onnxruntime in fast mode); numpy
+holds only the heads. A head is stamped with the fingerprint of the base it reads; when a bundle
+update changes that base, opening the user refits the head from the stored labels, with no LLM
+request (:meth:`Personalizer.refit_from_labels`).
 """
 
 from __future__ import annotations

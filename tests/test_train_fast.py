@@ -112,7 +112,8 @@ def _auc(base: PairBase, data: Dataset) -> float:
     return float((s[y][:, None] > s[~y][None, :]).mean())
 
 
-SETTINGS = TrainSettings(epochs=15, base_head_epochs=25, hidden=12, batch_groups=16, lr=1e-2)
+SETTINGS = TrainSettings(epochs=15, base_head_epochs=25, hidden=12, batch_groups=16, lr=1e-2,
+                         init_gain=0.5)
 
 
 def _trained(data: Dataset) -> PairBase:
@@ -142,7 +143,8 @@ def test_torchrun_with_two_gloo_processes_equals_one_process(tmp_path: Path) -> 
     save_dataset(tmp_path / "labels.npz", data)
     assert len(load_dataset(tmp_path / "labels.npz").pairs["reranker"]) == 36
     args = ["hydrahead.train.trainer", str(tmp_path / "labels.npz"), "--roles", "reranker",
-            "--epochs", "3", "--base-head-epochs", "3", "--hidden", "12", "--batch-groups", "8"]
+            "--epochs", "3", "--base-head-epochs", "3", "--hidden", "12", "--batch-groups", "8",
+            "--init-gain", "0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", *args[:2], str(tmp_path / "one"), *args[2:]],
                    check=True, env=env, capture_output=True)
@@ -156,7 +158,7 @@ def test_torchrun_with_two_gloo_processes_equals_one_process(tmp_path: Path) -> 
         np.testing.assert_allclose(two.head.params[k], v, atol=1e-4)
     from hydrahead.train.trainer import initial_base
 
-    start = initial_base("reranker", DIM, TrainSettings(hidden=12))
+    start = initial_base("reranker", DIM, TrainSettings(hidden=12, init_gain=0.5))
     assert np.abs(one.W - start.W).max() > 1e-3  # it trained: both runs moved the same way
     assert np.abs(one.head.params["W2"] - start.head.params["W2"]).max() > 1e-3
 

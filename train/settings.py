@@ -18,4 +18,7 @@ class TrainSettings:
     patience: int = 6
     seed: int = 0
     hidden: int = 64
-    init_gain: float = 0.5  # std of the base's initial pre-activations (PairBase.untrained)
+    # Std of the pair network's initial pre-activations (PairBase.untrained). 0 keeps the network
+    # off (W = 0 gets no gradient) and trains only the heads: on git-lamp dev it fitted better
+    # than 0.5, whose pair features overfit the training users (bench/QUALITY.md).
+    init_gain: float = 0.0

@@ -234,6 +234,7 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
             "model": config.model, "settings": asdict(settings),
             "users": len(all_users), "bundle": str(bundle),
             "bundle_fingerprint": b.fingerprint[:12], "python": platform.python_version(),
+            "bases": bases_description(b),
         })
         for i, (user_id, rows, questions) in enumerate(all_users, 1):
             t0 = time.perf_counter()
@@ -339,6 +340,17 @@ def _fit(p: Personalizer, s: Settings, rule: str) -> FitStats:
                     {r: summary.reports[r] is not None for r in ROLES}, state)
 
 
+def bases_description(bundle: Bundle) -> str:
+    """"untrained", or what the bundle's shared bases were trained on."""
+    specs = [bundle.model(role) for role in ROLES]
+    if not any(spec.get("trained") for spec in specs):
+        return "untrained"
+    data = next(spec["training"]["data"] for spec in specs if spec.get("trained"))
+    return (f"trained on {data.get('users')} {data.get('split')} users of "
+            f"{Path(str(data.get('data'))).name} {data.get('task')}, labels from "
+            f"{data.get('labels')}")
+
+
 def question_score(task: Task, pred: Any, gold: str) -> float:
     """One question's quality: 1/0 (labels), (ROUGE-1 + ROUGE-L) / 2 (generation), or minus
     the absolute error with LaMP's worst-case stand-in for no answer (ratings)."""
@@ -378,7 +390,7 @@ def source_fingerprint(root: Path | None = None) -> str:
     """sha256 (12 hex digits) of the installed hydrahead sources: which code made the numbers."""
     base = root or Path(__file__).resolve().parents[1].parent
     digest = hashlib.sha256()
-    for folder in ("runtime", "hydrahead"):
+    for folder in ("runtime", "hydrahead", "export", "train"):
         for path in sorted((base / folder).rglob("*")):
             wanted = path.suffix in (".py", ".json") and "__pycache__" not in path.parts
             if wanted and path.is_file():

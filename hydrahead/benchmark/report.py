@@ -28,7 +28,7 @@ def code_version(repo: Path | None = None) -> str:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
                                 capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--",
-                                "runtime", "hydrahead", "export"],
+                                "runtime", "hydrahead", "export", "train"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return f"sources sha256 {sources} (not a git checkout)"
@@ -44,7 +44,8 @@ def metric_columns(task: Task) -> tuple[str, str]:
 def section_key(results: Results) -> str:
     """Which section of a report this run owns: data folder name, task, split."""
     m = results.meta
-    return f"{Path(m['data']).name}:{m['task']}:{m['split']}"
+    trained = ":trained-bases" if m.get("bases", "untrained") != "untrained" else ""
+    return f"{Path(m['data']).name}:{m['task']}:{m['split']}{trained}"
 
 
 def markdown(task: Task, results: Results, *, command: str, version: str) -> str:
@@ -55,13 +56,16 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
     c1, c2 = metric_columns(task)
     n_q = len(results.questions)
     settings = m["settings"]
-    title = f"## {m['task']} / {m['split']} on `{Path(m['data']).name}`"
+    bases = m.get("bases", "untrained")
+    title = (f"## {m['task']} / {m['split']} on `{Path(m['data']).name}`"
+             + (", trained bases" if bases != "untrained" else ""))
     lines = [f"<!-- quality:{key} -->", title, ""]
     if m["simulated"]:
         lines += [f"**{SIMULATOR_NOTE}**", ""]
     lines += [
         f"- Run: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
-        f"{m['seconds']:.0f} s; code: {version}; bundle {m['bundle_fingerprint']}.",
+        f"{m['seconds']:.0f} s; code: {version}; bundle {m['bundle_fingerprint']}, shared "
+        f"bases {bases}.",
         f"- Data: `{m['data']}`, split `{m['split']}`: {m['users']} users, {n_q} questions; "
         "history = the union of each user's profiles minus the question items.",
         f"- LLM: {m['llm']} (model `{m['model']}`); same prompts, seeds and settings for every "
