@@ -22,6 +22,7 @@ from hydrahead.cli_common import (
     SIMULATOR_NOTE,
     Context,
     fail,
+    lamp_options,
     llm_endpoint,
     need_bench_extra,
     pass_ctx,
@@ -263,11 +264,7 @@ def bench() -> None:
 
 
 @bench.command("quality")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A LaMP-format directory (with <task>/ inside, or the task's files).")
-@click.option("--task", "task_name", required=True, help="Task name or task spec JSON file.")
-@click.option("--split", default="dev", show_default=True)
-@click.option("--users", type=click.IntRange(min=1), help="Only the first N users.")
+@lamp_options(split="dev")
 @click.option("--budget", default=100, show_default=True, type=click.IntRange(min=0),
               help="Fit budget: LLM calls per user.")
 @click.option("-k", "k", default=20, show_default=True, type=click.IntRange(min=1))

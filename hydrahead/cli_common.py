@@ -73,3 +73,23 @@ def need_bench_extra() -> None:
             raise click.ClickException(
                 f"the quality benchmark needs {module}: pip install 'hydrahead[bench]'"
             ) from None
+
+
+def lamp_options(split: str):
+    """The options naming a LaMP-format split: --data, --task, --split (default ``split``),
+    --users."""
+    options = [
+        click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="A LaMP-format directory (with <task>/ inside, or the task's files)."),
+        click.option("--task", "task_name", required=True,
+                     help="Task name or task spec JSON file."),
+        click.option("--split", default=split, show_default=True),
+        click.option("--users", type=click.IntRange(min=1), help="Only the first N users."),
+    ]
+
+    def decorate(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return decorate

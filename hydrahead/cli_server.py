@@ -25,6 +25,7 @@ import click
 from hydrahead.cli_common import (
     Context,
     fail,
+    lamp_options,
     llm_endpoint,
     need_bench_extra,
     pass_ctx,
@@ -63,11 +64,7 @@ def train() -> None:
 
 
 @train.command("labels")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A LaMP-format directory (with <task>/ inside, or the task's files).")
-@click.option("--task", "task_name", required=True, help="Task name or task spec JSON file.")
-@click.option("--split", default="train", show_default=True)
-@click.option("--users", type=click.IntRange(min=1), help="Only the first N users.")
+@lamp_options(split="train")
 @click.option("--budget", default=200, show_default=True, type=click.IntRange(min=1),
               help="LLM calls per user.")
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1),
@@ -166,10 +163,7 @@ def train_export(obj: Context, trained: str, out: str, metrics: str | None) -> N
 
 
 @train.command("evaluate")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--task", "task_name", required=True)
-@click.option("--split", default="dev", show_default=True)
-@click.option("--users", type=click.IntRange(min=1))
+@lamp_options(split="dev")
 @click.option("--budget", default=100, show_default=True, type=click.IntRange(min=0))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Where the JSON report (and its Markdown and chart) go.")
