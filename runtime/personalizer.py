@@ -190,6 +190,7 @@ class Personalizer:
         }
         self.heads_dir = make_private_dir(Path(store.directory) / "heads")
         self.refitted: dict[str, FitReport | None] = {}  # heads refitted for a changed base
+        self.stale: list[str] = []  # heads of a changed base with no labels to refit from
         self.heads = {role: self._load_head(role) for role in ROLES}
         if self.refitted:
             self._refit_stale()
@@ -489,6 +490,7 @@ class Personalizer:
         reports["reranker"] = self._fit_role("reranker", reranker, init=self.base_heads["reranker"])
         adapter = labeler.adapter_labels(self.rerank_scores, self.encoder.encode)
         reports["adapter"] = self._fit_role("adapter", adapter, init=self.base_heads["adapter"])
+        self.stale = []
         save_labels(self.heads_dir / LABELS_FILE, {"reranker": reranker, "adapter": adapter},
                     {"budget": budget, "task": self.task.name,
                      "llm_calls": labeler.summary(reranker, adapter).llm_calls})
@@ -575,7 +577,9 @@ class Personalizer:
 
         This is what happens, automatically, when the bundle's shared base of a role changed
         since the user's head was fitted (:attr:`refitted` says which heads). Labels whose
-        query record or item record was deleted since are left out.
+        query record or item record was deleted since are left out. Without stored labels the
+        personalizer opens with the shared base heads for those roles (:attr:`stale` names
+        them, a warning says so) until :meth:`fit`.
 
         Raises:
             HeadError: there are no stored labels (the user never ran ``fit``, or ran it with
@@ -600,7 +604,14 @@ class Personalizer:
 
     def _refit_stale(self) -> None:
         roles = list(self.refitted)
-        self.refitted = self.refit_from_labels(roles)
+        try:
+            self.refitted = self.refit_from_labels(roles)
+        except HeadError as exc:  # no labels: never strand the user; fit() recovers
+            self.refitted = {}
+            self.stale = roles
+            logger.warning("%s; until then %s answers with the shared base heads", exc,
+                           Path(self.store.directory).name)
+            return
         for role, report in self.refitted.items():
             logger.warning(
                 "the %s base of the bundle changed: refitted %s's %s head from %d stored labels "

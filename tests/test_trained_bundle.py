@@ -75,7 +75,7 @@ def test_a_changed_base_refits_its_heads_from_stored_labels_with_no_request(
                                                                   "adapter")
 
 
-def test_a_changed_base_without_stored_labels_asks_for_a_fit(bundle_copy: Path,
+def test_a_changed_base_without_stored_labels_opens_with_base_heads_until_a_fit(bundle_copy: Path,
                                                              tmp_path: Path) -> None:
     with OfflineLLMServer() as server:
         with _open(tmp_path, bundle_copy, server.url) as p:
@@ -83,8 +83,19 @@ def test_a_changed_base_without_stored_labels_asks_for_a_fit(bundle_copy: Path,
             p.fit(budget=40, progress=False)
         (tmp_path / "users" / "alice" / "heads" / "labels.npz").unlink()
         write_base(bundle_copy, "adapter", _other_adapter_base(384))
-        with pytest.raises(HeadError, match="hydrahead fit"):
-            _open(tmp_path, bundle_copy, server.url)
+        with _open(tmp_path, bundle_copy, server.url) as p:  # never stranded: base heads
+            assert p.stale == ["adapter"] and p.refitted == {}
+            assert p.heads["adapter"].params.keys() == p.base_heads["adapter"].params.keys()
+            for k, v in p.base_heads["adapter"].params.items():
+                np.testing.assert_array_equal(p.heads["adapter"].params[k], v)
+            with pytest.raises(HeadError, match="hydrahead fit"):
+                p.refit_from_labels(["adapter"])
+            sent = len(server.captured)
+            p.fit(budget=40, progress=False)
+            assert len(server.captured) == sent  # the response cache answered every request
+            assert p.stale == []
+        with _open(tmp_path, bundle_copy, server.url) as p:
+            assert p.stale == [] and p.refitted == {}
 
 
 def test_deleted_records_leave_the_refit(bundle_copy: Path, tmp_path: Path) -> None:
