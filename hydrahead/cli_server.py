@@ -134,7 +134,7 @@ def train_fit(labels: str, out: str, roles: str, **settings: object) -> None:
               help="A `train evaluate` JSON whose dev metrics go into the manifest.")
 @pass_ctx
 def train_export(obj: Context, trained: str, out: str, metrics: str | None) -> None:
-    """Put trained bases (ONNX, parity-gated) into a copy of the bundle."""
+    """Put trained bases (fast or cross mode; ONNX, parity-gated) into a copy of the bundle."""
     from hydrahead.export.bases import write_base
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.errors import HydraheadError
@@ -154,8 +154,13 @@ def train_export(obj: Context, trained: str, out: str, metrics: str | None) -> N
                     "fit": {k: v for k, v in report["roles"][role].items()
                             if k not in ("joint", "base_head")},
                     **({"dev": dev} if dev else {})}
-            write_base(target, role, PairBase.load(Path(trained) / f"{role}.npz"),
-                       training=meta)
+            if (Path(trained) / f"{role}.cross").is_dir():  # cross mode
+                from hydrahead.export.cross_base import write_cross_base
+
+                write_cross_base(target, role, Path(trained) / f"{role}.cross", training=meta)
+            else:
+                write_base(target, role, PairBase.load(Path(trained) / f"{role}.npz"),
+                           training=meta)
     except HydraheadError as exc:
         shutil.rmtree(target, ignore_errors=True)
         fail(exc)

@@ -14,6 +14,9 @@ kind to its loader, and a new mode is one more entry:
   it was exported from (read here for the base head and the feature names only).
 * ``"pair-base"``: fast mode in numpy from the ``.npz`` alone (bundles of hydrahead 0.1 before
   ONNX bases).
+* ``"pair-cross-onnx"``: cross mode (HYDRA's own): a fine-tuned MiniLM cross-encoder over
+  ``[CLS] query [SEP] item [SEP]``, ``files.graph`` its ONNX graph (token ids and named features
+  in, hidden vectors out), ``files.tokenizer`` the tokenizer, ``files.head`` the base head.
 
 A featurizer's :attr:`Featurizer.fingerprint` covers the base's spec and files and the encoder
 whose embeddings it reads: a user's heads are bound to it, not to the whole bundle.
@@ -111,6 +114,64 @@ class OnnxFastBase:
         return H
 
 
+class OnnxCrossBase:
+    """Cross mode run by onnxruntime; the ``"pair-cross-onnx"`` kind.
+
+    A MiniLM cross-encoder reads each (query, item) pair as ``[CLS] query [SEP] item [SEP]``
+    (the bundle's tokenizer, truncated to ``max_length`` tokens, longest side first); the graph
+    returns the hidden vectors (the scaled named features, then the projected [CLS] state).
+    It reads texts, not embeddings.
+    """
+
+    kind = "pair-cross-onnx"
+
+    def __init__(self, graph_path: str, tokenizer_path: str, head: Head,
+                 feature_names: Sequence[str], feature_scale: Sequence[float] | np.ndarray,
+                 max_length: int, fingerprint: str, *, threads: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        from .encoder import physical_cores
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or physical_cores()
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(graph_path, sess_options=options,
+                                                providers=["CPUExecutionProvider"])
+            self.tokenizer = Tokenizer.from_file(tokenizer_path)
+        except Exception as exc:  # onnxruntime and tokenizers raise their own types
+            raise BundleError(f"cannot load the cross base {graph_path}: {exc}") from exc
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=int(max_length))
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self.feature_names = tuple(feature_names)
+        self.hidden, self.head, self.fingerprint = head.hidden, head, fingerprint
+        self._pad = self.tokenizer.token_to_id("[PAD]") or 0
+
+    def hidden_of(self, query_text: str, query_vec: np.ndarray | None, item_texts: Sequence[str],
+                  item_vecs: np.ndarray | None, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float32)
+        if f.shape != (len(item_texts), len(self.feature_names)) or not np.isfinite(f).all():
+            raise InvalidInputError(
+                f"features must be {len(item_texts)} x {len(self.feature_names)} finite values, "
+                f"got {f.shape}")
+        if not item_texts:
+            return np.zeros((0, self.hidden), np.float32)
+        encoded = self.tokenizer.encode_batch([(query_text, t) for t in item_texts])
+        width = max(len(e.ids) for e in encoded)
+        feed = {name: np.zeros((len(encoded), width), np.int64)
+                for name in ("input_ids", "attention_mask", "token_type_ids")}
+        feed["input_ids"][:] = self._pad
+        for i, e in enumerate(encoded):
+            n = len(e.ids)
+            feed["input_ids"][i, :n] = e.ids
+            feed["attention_mask"][i, :n] = 1
+            feed["token_type_ids"][i, :n] = e.type_ids
+        feed = {k: v for k, v in feed.items() if k in self._inputs}
+        (H,) = self.session.run(None, {**feed, "features": f})
+        return H
+
+
 def base_fingerprint(bundle: Bundle, role: str) -> str:
     """sha256 over the role's base (spec and files) and the encoder it reads embeddings of."""
     parts = [bundle.model_fingerprint(role)]
@@ -130,9 +191,23 @@ def _onnx(bundle: Bundle, role: str) -> Featurizer:
                         base_fingerprint(bundle, role))
 
 
+def _cross(bundle: Bundle, role: str) -> Featurizer:
+    spec = bundle.model(role)
+    try:
+        with np.load(bundle.file(role, "head"), allow_pickle=False) as npz:
+            head = Head.from_params({k[len("head."):]: npz[k] for k in npz.files})
+        names, scale = spec["feature_names"], spec["feature_scale"]
+        max_length = int(spec["max_length"])
+    except (OSError, ValueError, KeyError, InvalidInputError) as exc:
+        raise BundleError(f"the {role} cross base in {bundle.root} is damaged: {exc}") from exc
+    return OnnxCrossBase(str(bundle.file(role, "graph")), str(bundle.file(role, "tokenizer")),
+                         head, names, scale, max_length, base_fingerprint(bundle, role))
+
+
 KINDS: dict[str, Callable[[Bundle, str], Featurizer]] = {
     NumpyFastBase.kind: _numpy,
     OnnxFastBase.kind: _onnx,
+    OnnxCrossBase.kind: _cross,
 }
 
 

@@ -117,13 +117,16 @@ SETTINGS = TrainSettings(epochs=15, base_head_epochs=25, hidden=12, batch_groups
 
 
 def _trained(data: Dataset) -> PairBase:
-    from hydrahead.train.trainer import initial_base
+    from hydrahead.train.trainer import _kept, _tensors, fast_inputs, initial_base
 
     init = initial_base("reranker", DIM, SETTINGS)
-    base, report = train_role("reranker", data.pairs["reranker"], data.group_user["reranker"],
-                              len(data.users), init, SETTINGS)
+    pairs = data.pairs["reranker"]
+    keep = _kept(pairs, False, 0, 0)
+    tensors = _tensors(pairs, data.group_user["reranker"], keep, fast_inputs(pairs, keep), "cpu")
+    base = FastBase.from_pair_base(init)
+    head, report = train_role("reranker", tensors, base, init.head, len(data.users), SETTINGS)
     assert report["joint"][-1]["epoch"] >= 1
-    return base
+    return base.to_pair_base(head)
 
 
 def test_trained_base_head_learns_what_helps_and_inverted_labels_break_it() -> None:

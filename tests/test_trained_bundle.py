@@ -156,3 +156,36 @@ def test_the_bundle_names_each_roles_featurizer(bundle_copy: Path) -> None:
     before = base_fingerprint(bundle, "reranker")
     write_base(bundle_copy, "adapter", _other_adapter_base(384))
     assert base_fingerprint(Bundle.open(bundle_copy), "reranker") == before
+
+
+def test_cross_mode_trains_exports_and_runs_on_the_device(bundle_dir: Path, bundle_copy: Path,
+                                                          tmp_path: Path) -> None:
+    from hydrahead.export.cross_base import write_cross_base
+    from hydrahead.runtime.featurizer import OnnxCrossBase
+    from hydrahead.train.settings import TrainSettings
+    from hydrahead.train.trainer import train
+
+    data = write_world(tmp_path / "world", train_users=2, dev_users=1)
+    with OfflineLLMServer() as server:
+        config = LLMConfig.from_env(base_url=server.url)
+        dataset = build_dataset(data, "GIT_area", tmp_path / "labels.npz", bundle=bundle_dir,
+                                work=tmp_path / "work", llm=config, simulated=True,
+                                settings=LabelSettings(budget=30), progress=False)
+        settings = TrainSettings(mode="cross", epochs=1, base_head_epochs=3, max_groups=6,
+                                 max_length=48, batch_groups=3)
+        report = train(dataset, tmp_path / "trained", settings)
+        assert report["mode"] == "cross"
+        for role in ("reranker", "adapter"):
+            assert report["roles"][role]["groups"] == 6
+            bundle = write_cross_base(bundle_copy, role, tmp_path / "trained" / f"{role}.cross",
+                                      training={"data": dataset.meta})
+            spec = bundle.model(role)
+            assert spec["kind"] == "pair-cross-onnx" and spec["trained"] is True
+            assert spec["parity"]["fp32"]["max_score_error"] < 1e-3  # the gate ran
+        with _open(tmp_path / "home", bundle_copy, server.url) as p:
+            assert all(isinstance(f, OnnxCrossBase) for f in p.featurizers.values())
+            import_records(p.store, p.task, make_user(0)["history"])
+            s = p.fit(budget=30, progress=False)
+            assert s.reports["adapter"] is not None or s.reports["reranker"] is not None
+            answer = p.ask(make_user(0)["queries"][0]["query"])
+            assert answer.answer is not None and len(answer.items) == p.m

@@ -18,7 +18,11 @@ class TrainSettings:
     patience: int = 6
     seed: int = 0
     hidden: int = 64
-    # Std of the pair network's initial pre-activations (PairBase.untrained). 0 keeps the network
-    # off (W = 0 gets no gradient) and trains only the heads: on git-lamp dev it fitted better
-    # than 0.5, whose pair features overfit the training users (bench/QUALITY.md).
+    # Std of the pair network's initial pre-activations (PairBase.untrained). 0 starts it at
+    # W = 0: it grows only as the heads' read-out of its units grows. On git-lamp dev that fitted
+    # better than 0.5, whose pair features overfit the training users (bench/QUALITY.md).
     init_gain: float = 0.0
+    mode: str = "fast"  # "fast" (pair network over embeddings) or "cross" (MiniLM cross-encoder)
+    max_groups: int = 0  # labelled groups per role to train on; 0 = all (cross mode: sample)
+    max_length: int = 128  # cross mode: tokens per (query, item) pair
+    encoder_lr: float = 2e-5  # cross mode: MiniLM's learning rate

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from hydrahead.runtime._optional import require
+from hydrahead.runtime.heads import Head
 from hydrahead.runtime.labeling import PairSet
 from hydrahead.runtime.pair_base import PairBase
 
@@ -56,44 +57,69 @@ LISTWISE = {"reranker": False, "adapter": True}  # as the device fits each head
 
 @dataclass
 class _Data:
-    """One role's labels as tensors: groups, their rows, padded slot indices."""
+    """One role's labels as tensors: what the base reads per pair row, and the groups."""
 
-    q: Any  # (G, dim) query vectors
-    d: Any  # (P, dim) item vectors
+    inputs: dict[str, Any]  # name -> (P, ...) per pair row (the base's keyword arguments)
     f: Any  # (P, F) named features
     y: Any  # (P,) targets
     user: Any  # (G,) each group's user
     slots: Any  # (G, L) each group's rows, padded with -1
 
+    def rows(self) -> int:
+        return int(self.y.shape[0])
 
-def _tensors(pairs: PairSet, users: np.ndarray, device: Any, listwise: bool) -> _Data:
+
+def _kept(pairs: PairSet, listwise: bool, max_groups: int, seed: int) -> list[int]:
+    """The groups training uses: listwise ones with a preference to learn; at most
+    ``max_groups`` of them (a seeded sample) when ``max_groups`` > 0."""
     keep = [i for i, y in enumerate(pairs.labels) if not listwise or np.ptp(y) > 0]
+    if 0 < max_groups < len(keep):
+        pick = np.random.default_rng(seed).choice(len(keep), max_groups, replace=False)
+        keep = [keep[i] for i in sorted(pick)]
+    return keep
+
+
+def _tensors(pairs: PairSet, users: np.ndarray, keep: list[int], inputs: dict[str, np.ndarray],
+             device: Any) -> _Data:
     sizes = [len(pairs.labels[i]) for i in keep]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     slots = np.full((len(keep), max(sizes, default=1)), -1, np.int64)
     for g, (a, n) in enumerate(zip(starts, sizes)):
         slots[g, :n] = np.arange(a, a + n)
+    n_features = next((f.shape[1] for f in pairs.features if f is not None), 0)
 
-    def cat(arrays: list[np.ndarray], width: int) -> np.ndarray:
-        return np.concatenate(arrays) if arrays else np.zeros((0, width), np.float32)
-
-    def t(a: np.ndarray, dtype: Any = torch.float32) -> Any:
+    def t(a: Any, dtype: Any = torch.float32) -> Any:
         return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
 
-    dim = pairs.queries[0].shape[0] if pairs.queries else 0
-    n_features = next((f.shape[1] for f in pairs.features if f is not None), 0)
     return _Data(
-        q=t(np.stack([pairs.queries[i] for i in keep]) if keep else np.zeros((0, dim))),
-        d=t(cat([pairs.docs[i] for i in keep], dim)),
-        f=t(cat([pairs.features[i] for i in keep], n_features)),
+        inputs={k: t(v, torch.long if v.dtype.kind in "iu" else torch.float32)
+                for k, v in inputs.items()},
+        f=t(np.concatenate([pairs.features[i] for i in keep]) if keep
+            else np.zeros((0, n_features))),
         y=t(np.concatenate([pairs.labels[i] for i in keep]) if keep else np.zeros(0)),
         user=t(users[keep], torch.long),
         slots=t(slots, torch.long),
     )
 
 
+def fast_inputs(pairs: PairSet, keep: list[int]) -> dict[str, np.ndarray]:
+    """What :class:`FastBase` reads per pair row: the query's and the item's embeddings."""
+    return {
+        "q": np.concatenate([np.repeat(pairs.queries[i][None], len(pairs.labels[i]), 0)
+                             for i in keep]).astype(np.float32),
+        "d": np.concatenate([pairs.docs[i] for i in keep]).astype(np.float32),
+    }
+
+
+class _Given(torch.nn.Module):
+    """A frozen base whose hidden vectors were computed once (the base-head phase)."""
+
+    def forward(self, h: Any, f: Any) -> Any:
+        return h
+
+
 class _Model(torch.nn.Module):
-    def __init__(self, base: FastBase, heads: StackedHeads) -> None:
+    def __init__(self, base: Any, heads: StackedHeads) -> None:
         super().__init__()
         self.base, self.heads = base, heads
 
@@ -105,7 +131,7 @@ class _Model(torch.nn.Module):
         group_of_row = torch.arange(len(groups), device=slots.device).unsqueeze(1).expand_as(
             slots)[valid]
         users = data.user[groups] if user_of is None else user_of[groups]
-        H = self.base(data.q[groups][group_of_row], data.d[rows], data.f[rows])
+        H = self.base(**{k: v[rows] for k, v in data.inputs.items()}, f=data.f[rows])
         margins = self.heads(H, users[group_of_row])
         local = torch.cumsum(valid.flatten().long(), 0).reshape(slots.shape) - 1
         return margins, data.y[rows], torch.where(valid, local, torch.full_like(local, -1))
@@ -130,8 +156,13 @@ def _phase(model: Any, data: _Data, train: np.ndarray, val: np.ndarray, *, listw
     """Adam over ``train`` groups in global batches (each rank its share), early stopping on
     ``val``; the best parameters are loaded back into ``model``."""
     inner = model.module if hasattr(model, "module") else model
+    encoder = getattr(inner.base, "encoder", None)  # cross mode: MiniLM gets its own rate
+    slow = {id(p) for p in encoder.parameters()} if encoder is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=s.lr)
+    groups = [{"params": [p for p in params if id(p) not in slow], "lr": s.lr}]
+    if any(id(p) in slow for p in params):
+        groups.append({"params": [p for p in params if id(p) in slow], "lr": s.encoder_lr})
+    optimizer = torch.optim.Adam(groups)
     rng = np.random.default_rng(s.seed)
     device = data.slots.device
     val_t = torch.as_tensor(val, device=device)
@@ -174,12 +205,24 @@ def _state(module: Any) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def train_role(role: str, pairs: PairSet, users: np.ndarray, n_users: int, init: PairBase,
-               s: TrainSettings, *, rank: int = 0, world: int = 1, device: Any = "cpu"
-               ) -> tuple[PairBase, dict[str, Any]]:
-    """Train one role's base and its base head (see the module docstring)."""
+def train_role(role: str, data: _Data, base: Any, init_head: Head, n_users: int,
+               s: TrainSettings, *, rank: int = 0, world: int = 1
+               ) -> tuple[Head, dict[str, Any]]:
+    """Train one role's base (in place) and fit its base head (see the module docstring).
+
+    Args:
+        role: "reranker" (pointwise loss) or "adapter" (listwise).
+        data: The role's labels as tensors, ``data.inputs`` what ``base`` reads.
+        base: The torch base (:class:`FastBase` or :class:`CrossBase`), trained in place.
+        init_head: The head every training user starts from, and the L2 prior.
+        n_users: Training users (one head each).
+        s: Hyper-parameters.
+
+    Returns:
+        The shipped base head and a report of both phases.
+    """
     listwise = LISTWISE[role]
-    data = _tensors(pairs, users, device, listwise)
+    device = data.slots.device
     n = len(data.slots)
     if n < 2:
         raise ValueError(f"{role}: {n} usable labelled groups; need at least 2")
@@ -188,27 +231,34 @@ def train_role(role: str, pairs: PairSet, users: np.ndarray, n_users: int, init:
     val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     torch.manual_seed(s.seed)
 
-    base = FastBase.from_pair_base(init).to(device)
-    prior = StackedHeads(init.head, 1).to(device).requires_grad_(False)
-    model = _Model(base, StackedHeads(init.head, n_users).to(device))
-    wrapped = _ddp(model, device, world)
+    prior = StackedHeads(init_head, 1).to(device).requires_grad_(False)
+    model = _Model(base, StackedHeads(init_head, n_users).to(device))
     t0 = time.perf_counter()
-    joint = _phase(wrapped, data, train, val, listwise=listwise, prior=prior, s=s,
-                   epochs=s.epochs, rank=rank, world=world)
+    joint = _phase(_ddp(model, device, world), data, train, val, listwise=listwise,
+                   prior=prior, s=s, epochs=s.epochs, rank=rank, world=world)
 
-    base.requires_grad_(False)
-    pooled = _Model(base, StackedHeads(init.head, 1).to(device))
+    base.requires_grad_(False).eval()
+    frozen = _Data({"h": _hidden(base, data, s.batch_groups * 8)}, data.f, data.y, data.user,
+                   data.slots)
+    pooled = _Model(_Given(), StackedHeads(init_head, 1).to(device))
     everyone = torch.zeros(n, dtype=torch.long, device=device)  # all groups read head 0
-    head_phase = _phase(_ddp(pooled, device, world), data, train, val, listwise=listwise,
+    head_phase = _phase(_ddp(pooled, device, world), frozen, train, val, listwise=listwise,
                         prior=prior, s=s, epochs=s.base_head_epochs, rank=rank, world=world,
                         user_of=everyone)
-    trained = base.to_pair_base(pooled.heads.head(0))
     report = {
-        "groups": n, "pairs": int((data.slots >= 0).sum()), "val_groups": int(n_val),
-        "users": n_users, "loss": "listwise (ListNet)" if listwise else "pointwise (BCE)",
+        "groups": n, "pairs": data.rows(), "val_groups": int(n_val), "users": n_users,
+        "loss": "listwise (ListNet)" if listwise else "pointwise (BCE)",
         "joint": joint, "base_head": head_phase, "seconds": round(time.perf_counter() - t0, 2),
     }
-    return trained, report
+    return pooled.heads.head(0), report
+
+
+def _hidden(base: Any, data: _Data, batch: int) -> Any:
+    """The frozen base's hidden vectors of every pair row."""
+    with torch.no_grad():
+        return torch.cat([
+            base(**{k: v[i:i + batch] for k, v in data.inputs.items()}, f=data.f[i:i + batch])
+            for i in range(0, data.rows(), batch)])
 
 
 def _ddp(model: Any, device: Any, world: int) -> Any:
@@ -219,7 +269,8 @@ def _ddp(model: Any, device: Any, world: int) -> Any:
 
 
 def initial_base(role: str, dim: int, s: TrainSettings) -> PairBase:
-    """Where training starts: the untrained base of the role, its random features switched on."""
+    """Where fast-mode training starts: the role's untrained base, its pair network switched
+    on with ``s.init_gain``."""
     from hydrahead.export.bases import BASE_ROLES, GAINS  # the device's untrained base heads
 
     return PairBase.untrained(dim=dim, hidden=s.hidden, seed=BASE_ROLES[role],
@@ -228,25 +279,44 @@ def initial_base(role: str, dim: int, s: TrainSettings) -> PairBase:
 
 def train(dataset: Dataset | str | Path, out: str | Path, settings: TrainSettings | None = None,
           roles: Sequence[str] = ("reranker", "adapter")) -> dict[str, Any]:
-    """Train the roles' bases from a label dataset; rank 0 writes ``out/<role>.npz`` and
-    ``out/training.json`` (the report, also returned)."""
+    """Train the roles' bases from a label dataset; rank 0 writes ``out/<role>.npz`` (fast
+    mode) or ``out/<role>.cross/`` (cross mode), and ``out/training.json`` (the report, also
+    returned)."""
     s = settings or TrainSettings()
+    if s.mode not in ("fast", "cross"):
+        raise ValueError(f"mode must be 'fast' or 'cross', got {s.mode!r}")
     rank, world, device = _setup()
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     out = Path(out)
     report: dict[str, Any] = {
         "data": data.meta, "settings": asdict(s), "world_size": world, "device": str(device),
-        "torch": torch.__version__, "roles": {},
+        "torch": torch.__version__, "mode": s.mode, "roles": {},
     }
     for role in roles:
         pairs = data.pairs[role]
+        keep = _kept(pairs, LISTWISE[role], s.max_groups, s.seed)
         init = initial_base(role, pairs.queries[0].shape[0], s)
-        base, report["roles"][role] = train_role(
-            role, pairs, data.group_user[role], len(data.users), init, s,
-            rank=rank, world=world, device=device)
+        if s.mode == "fast":
+            base: Any = FastBase.from_pair_base(init)
+            inputs = fast_inputs(pairs, keep)
+        else:
+            from .cross_model import CrossBase
+
+            base = CrossBase(init.feature_names, init.feature_scale, init.width,
+                             max_length=s.max_length, seed=s.seed)
+            inputs = base.tokenize(
+                [pairs.query_texts[i] for i in keep for _ in pairs.labels[i]],
+                [t for i in keep for t in pairs.item_texts[i]])
+        base = base.to(device)
+        tensors = _tensors(pairs, data.group_user[role], keep, inputs, device)
+        head, report["roles"][role] = train_role(role, tensors, base, init.head,
+                                                 len(data.users), s, rank=rank, world=world)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            base.save(out / f"{role}.npz")
+            if s.mode == "fast":
+                base.to_pair_base(head).save(out / f"{role}.npz")
+            else:
+                base.save(out / f"{role}.cross", head)
     if rank == 0:
         (out / "training.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if world > 1:
