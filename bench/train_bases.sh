@@ -23,6 +23,10 @@ for TASK in GIT_area GIT_subject; do
         --offline --no-binary --report bench/QUALITY.md
     python bench/robustness.py --data "$DATA" --task "$TASK" --bundle "$WORK/$TASK-bundle" \
         --report bench/QUALITY.md
+    # the bundle to ship: the same bases, their dev metrics in the manifest
+    rm -rf "$WORK/$TASK-bundle-shipped"
+    hydrahead train export "$WORK/$TASK-trained" --out "$WORK/$TASK-bundle-shipped" \
+        --metrics "bench/results/quality-$(basename "$DATA")-$TASK-dev-trained-bases.json"
 done
 mkdir -p bench/trained-bases/GIT_subject
 cp "$WORK/GIT_subject-trained/"{reranker.npz,adapter.npz,training.json} \

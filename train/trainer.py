@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from hydrahead.runtime._optional import require
 from hydrahead.runtime.heads import Head
@@ -152,7 +153,7 @@ def _units(data: _Data, groups: Any, listwise: bool) -> int:
 
 def _phase(model: Any, data: _Data, train: np.ndarray, val: np.ndarray, *, listwise: bool,
            prior: StackedHeads, s: TrainSettings, epochs: int, rank: int, world: int,
-           user_of: Any | None = None) -> list[dict[str, float]]:
+           user_of: Any | None = None, desc: str = "") -> list[dict[str, float]]:
     """Adam over ``train`` groups in global batches (each rank its share), early stopping on
     ``val``; the best parameters are loaded back into ``model``."""
     inner = model.module if hasattr(model, "module") else model
@@ -176,7 +177,8 @@ def _phase(model: Any, data: _Data, train: np.ndarray, val: np.ndarray, *, listw
 
     best, best_state, history, waited = val_loss(), _state(inner), [], 0
     history.append({"epoch": 0, "val_loss": best})
-    for epoch in range(1, epochs + 1):
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=rank != 0 or not epochs)
+    for epoch in bar:
         order = train[rng.permutation(len(train))]
         total = 0.0
         for start in range(0, len(order), s.batch_groups):
@@ -191,6 +193,7 @@ def _phase(model: Any, data: _Data, train: np.ndarray, val: np.ndarray, *, listw
             total += float(loss.detach()) / world
         current = val_loss()
         history.append({"epoch": epoch, "train_loss": total, "val_loss": current})
+        bar.set_postfix(val_loss=f"{current:.4f}")
         if not len(val) or current < best - 1e-5:
             best, best_state, waited = current, _state(inner), 0
         else:
@@ -235,7 +238,8 @@ def train_role(role: str, data: _Data, base: Any, init_head: Head, n_users: int,
     model = _Model(base, StackedHeads(init_head, n_users).to(device))
     t0 = time.perf_counter()
     joint = _phase(_ddp(model, device, world), data, train, val, listwise=listwise,
-                   prior=prior, s=s, epochs=s.epochs, rank=rank, world=world)
+                   prior=prior, s=s, epochs=s.epochs, rank=rank, world=world,
+                   desc=f"{role}: base + {n_users} user heads")
 
     base.requires_grad_(False).eval()
     frozen = _Data({"h": _hidden(base, data, s.batch_groups * 8)}, data.f, data.y, data.user,
@@ -244,7 +248,7 @@ def train_role(role: str, data: _Data, base: Any, init_head: Head, n_users: int,
     everyone = torch.zeros(n, dtype=torch.long, device=device)  # all groups read head 0
     head_phase = _phase(_ddp(pooled, device, world), frozen, train, val, listwise=listwise,
                         prior=prior, s=s, epochs=s.base_head_epochs, rank=rank, world=world,
-                        user_of=everyone)
+                        user_of=everyone, desc=f"{role}: base head")
     report = {
         "groups": n, "pairs": data.rows(), "val_groups": int(n_val), "users": n_users,
         "loss": "listwise (ListNet)" if listwise else "pointwise (BCE)",
