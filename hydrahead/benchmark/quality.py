@@ -346,7 +346,8 @@ def bases_description(bundle: Bundle) -> str:
     if not any(spec.get("trained") for spec in specs):
         return "untrained"
     data = next(spec["training"]["data"] for spec in specs if spec.get("trained"))
-    return (f"trained on {data.get('users')} {data.get('split')} users of "
+    mode = "cross-mode " if any("cross" in str(spec.get("kind")) for spec in specs) else ""
+    return (f"{mode}trained on {data.get('users')} {data.get('split')} users of "
             f"{Path(str(data.get('data'))).name} {data.get('task')}, labels from "
             f"{data.get('labels')}")
 

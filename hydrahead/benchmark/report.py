@@ -44,7 +44,9 @@ def metric_columns(task: Task) -> tuple[str, str]:
 def section_key(results: Results) -> str:
     """Which section of a report this run owns: data folder name, task, split."""
     m = results.meta
-    trained = ":trained-bases" if m.get("bases", "untrained") != "untrained" else ""
+    bases = m.get("bases", "untrained")
+    trained = ("" if bases == "untrained"
+               else ":trained-cross-bases" if bases.startswith("cross") else ":trained-bases")
     return f"{Path(m['data']).name}:{m['task']}:{m['split']}{trained}"
 
 
@@ -58,7 +60,9 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
     settings = m["settings"]
     bases = m.get("bases", "untrained")
     title = (f"## {m['task']} / {m['split']} on `{Path(m['data']).name}`"
-             + (", trained bases" if bases != "untrained" else ""))
+             + ("" if bases == "untrained"
+                else ", trained cross-mode bases" if bases.startswith("cross")
+                else ", trained bases"))
     lines = [f"<!-- quality:{key} -->", title, ""]
     if m["simulated"]:
         lines += [f"**{SIMULATOR_NOTE}**", ""]
