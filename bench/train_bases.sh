@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Train fast-mode shared bases on git-lamp's training users, export them into a copy of the test
 # bundle, and evaluate on the dev users (default simulator, then three other simulated LLMs the
-# bases never saw). Writes bench/QUALITY.md's "trained bases" sections, bench/results/, and the
-# GIT_subject bases the latency benchmark uses (bench/trained-bases/GIT_subject/).
+# bases never saw); then cross-mode bases, evaluated with the default simulator. Writes
+# bench/QUALITY.md's "trained" sections, bench/results/, and the GIT_subject bases the latency
+# benchmark uses (bench/trained-bases/GIT_subject/).
 #
-#   bash bench/train_bases.sh [DATA] [WORK]        (about 35 min on 2 cores)
+#   bash bench/train_bases.sh [DATA] [WORK]        (about 75 min on 2 cores)
 #
 # Every answer comes from hydrahead's OFFLINE SIMULATOR, not a language model.
 set -euo pipefail
@@ -23,6 +24,13 @@ for TASK in GIT_area GIT_subject; do
         --offline --no-binary --report bench/QUALITY.md
     python bench/robustness.py --data "$DATA" --task "$TASK" --bundle "$WORK/$TASK-bundle" \
         --report bench/QUALITY.md
+    # cross mode (HYDRA's cross-encoder), on a sample of 500 labelled groups per role (2 cores)
+    hydrahead train fit "$WORK/$TASK-labels.npz" --out "$WORK/$TASK-cross" --mode cross \
+        --epochs 2 --base-head-epochs 30 --max-groups 500
+    rm -rf "$WORK/$TASK-cross-bundle"
+    hydrahead train export "$WORK/$TASK-cross" --out "$WORK/$TASK-cross-bundle"
+    hydrahead --bundle "$WORK/$TASK-cross-bundle" bench quality --data "$DATA" --task "$TASK" \
+        --offline --no-binary --report bench/QUALITY.md
     # the bundle to ship: the same bases, their dev metrics in the manifest
     rm -rf "$WORK/$TASK-bundle-shipped"
     hydrahead train export "$WORK/$TASK-trained" --out "$WORK/$TASK-bundle-shipped" \
