@@ -24,7 +24,8 @@ for TASK in GIT_area GIT_subject; do
         --offline --no-binary --report bench/QUALITY.md
     python bench/robustness.py --data "$DATA" --task "$TASK" --bundle "$WORK/$TASK-bundle" \
         --report bench/QUALITY.md
-    # cross mode (HYDRA's cross-encoder), on a sample of 500 labelled groups per role (2 cores)
+    # cross mode (HYDRA's cross-encoder; 2 layers, 64 tokens per pair: the device's latency
+    # budget), on a sample of 500 labelled groups per role (2 cores)
     hydrahead train fit "$WORK/$TASK-labels.npz" --out "$WORK/$TASK-cross" --mode cross \
         --epochs 2 --base-head-epochs 30 --max-groups 500
     rm -rf "$WORK/$TASK-cross-bundle"

@@ -43,16 +43,21 @@ class CrossBase(nn.Module):
         feature_scale: (F,) their scales.
         width: Non-linear units (hidden = F + width).
         max_length: Tokens per pair (query and item truncated to fit).
+        layers: Keep only MiniLM's first ``layers`` transformer layers (default: all 6); fewer
+            layers cost proportionally less on the device.
         seed: Seed of the projection's initial weights.
         path: The MiniLM directory (default: the packaged all-MiniLM-L6-v2).
     """
 
     def __init__(self, feature_names: Sequence[str], feature_scale: Sequence[float], width: int,
-                 *, max_length: int = 128, seed: int = 0, path: str | None = None) -> None:
+                 *, max_length: int = 128, layers: int | None = None, seed: int = 0,
+                 path: str | None = None) -> None:
         super().__init__()
         _offline()
         source = str(path or model_path())
-        self.encoder = transformers.AutoModel.from_pretrained(source, local_files_only=True)
+        extra = {} if layers is None else {"num_hidden_layers": int(layers)}  # the first layers
+        self.encoder = transformers.AutoModel.from_pretrained(source, local_files_only=True,
+                                                              **extra)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
         generator = torch.Generator().manual_seed(seed)
         size = self.encoder.config.hidden_size
@@ -60,6 +65,7 @@ class CrossBase(nn.Module):
         self.b = nn.Parameter(torch.zeros(width))
         self.register_buffer("scale", torch.tensor(np.asarray(feature_scale), dtype=torch.float32))
         self.feature_names, self.width, self.max_length = tuple(feature_names), width, max_length
+        self.layers = self.encoder.config.num_hidden_layers
 
     def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any, f: Any) -> Any:
         """Hidden vectors (n, F + width) of n tokenized pairs and their named features."""
@@ -81,7 +87,7 @@ class CrossBase(nn.Module):
         (out / "config.json").write_text(json.dumps({
             "feature_names": list(self.feature_names),
             "feature_scale": [float(x) for x in self.scale],
-            "width": self.width, "max_length": self.max_length,
+            "width": self.width, "max_length": self.max_length, "layers": self.layers,
         }, indent=1), encoding="utf-8")
         np.savez(out / "head.npz", **{f"head.{k}": v for k, v in head.params.items()})
 
@@ -91,7 +97,7 @@ class CrossBase(nn.Module):
         where = Path(directory)
         config = json.loads((where / "config.json").read_text(encoding="utf-8"))
         base = cls(config["feature_names"], config["feature_scale"], config["width"],
-                   max_length=config["max_length"])
+                   max_length=config["max_length"], layers=config.get("layers"))
         base.load_state_dict(torch.load(where / "base.pt", weights_only=True))
         with np.load(where / "head.npz") as npz:
             head = Head.from_params({k[len("head."):]: npz[k] for k in npz.files})

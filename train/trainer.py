@@ -307,7 +307,7 @@ def train(dataset: Dataset | str | Path, out: str | Path, settings: TrainSetting
             from .cross_model import CrossBase
 
             base = CrossBase(init.feature_names, init.feature_scale, init.width,
-                             max_length=s.max_length, seed=s.seed)
+                             max_length=s.max_length, layers=s.cross_layers, seed=s.seed)
             inputs = base.tokenize(
                 [pairs.query_texts[i] for i in keep for _ in pairs.labels[i]],
                 [t for i in keep for t in pairs.item_texts[i]])

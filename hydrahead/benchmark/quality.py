@@ -346,7 +346,9 @@ def bases_description(bundle: Bundle) -> str:
     if not any(spec.get("trained") for spec in specs):
         return "untrained"
     data = next(spec["training"]["data"] for spec in specs if spec.get("trained"))
-    mode = "cross-mode " if any("cross" in str(spec.get("kind")) for spec in specs) else ""
+    cross = [spec for spec in specs if "cross" in str(spec.get("kind"))]
+    mode = (f"cross-mode ({cross[0].get('layers', 6)} layers, {cross[0].get('max_length')} "
+            "tokens) " if cross else "")
     return (f"{mode}trained on {data.get('users')} {data.get('split')} users of "
             f"{Path(str(data.get('data'))).name} {data.get('task')}, labels from "
             f"{data.get('labels')}")

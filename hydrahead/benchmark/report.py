@@ -45,8 +45,10 @@ def section_key(results: Results) -> str:
     """Which section of a report this run owns: data folder name, task, split."""
     m = results.meta
     bases = m.get("bases", "untrained")
-    trained = ("" if bases == "untrained"
-               else ":trained-cross-bases" if bases.startswith("cross") else ":trained-bases")
+    layers = re.match(r"cross-mode \((\d+) layers", bases)
+    trained = ("" if bases == "untrained" else ":trained-bases" if not layers
+               else ":trained-cross-bases" + ("" if layers.group(1) == "6"
+                                              else f"-{layers.group(1)}-layers"))
     return f"{Path(m['data']).name}:{m['task']}:{m['split']}{trained}"
 
 
@@ -61,7 +63,7 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
     bases = m.get("bases", "untrained")
     title = (f"## {m['task']} / {m['split']} on `{Path(m['data']).name}`"
              + ("" if bases == "untrained"
-                else ", trained cross-mode bases" if bases.startswith("cross")
+                else f", trained {bases.split(' trained')[0]} bases" if bases.startswith("cross")
                 else ", trained bases"))
     lines = [f"<!-- quality:{key} -->", title, ""]
     if m["simulated"]:
