@@ -8,7 +8,8 @@
   GIT_subject's training users that ``bench/trained-bases/`` holds (their graph, and so their
   cost, is the same for any weights; the untrained bundle's non-linear features are zero);
   with ``bases="cross"`` they are MiniLM cross-encoders (int8 ONNX) over the k retrieved
-  records and the candidates, 128 tokens per pair (target: <= 100 ms p50).
+  records and the candidates, at training's default size (MiniLM's first 2 layers, 64 tokens
+  per pair; target: <= 100 ms p50).
 * **floor**: the int8 encoder alone on the same query and the same N candidates.
 * **HYDRA-style**: BM25 top 10 over the history, then a MiniLM cross-encoder over the 10
   query+item pairs at 256 tokens and the N query+candidate pairs at 128 tokens (classification
@@ -181,9 +182,11 @@ def cross_bundle(bundle_dir: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cross")
     target = root / "bundle"
     shutil.copytree(bundle_dir, target, ignore=lambda _, ns: [n for n in ns if n not in listed])
+    s = TrainSettings()  # the default cross-mode size
     for role in ("reranker", "adapter"):
-        init = initial_base(role, 384, TrainSettings())
-        base = CrossBase(init.feature_names, init.feature_scale, init.width, max_length=128)
+        init = initial_base(role, 384, s)
+        base = CrossBase(init.feature_names, init.feature_scale, init.width,
+                         max_length=s.max_length, layers=s.cross_layers)
         base.save(root / role, init.head)
         write_cross_base(target, role, root / role)
     return target
