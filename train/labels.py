@@ -36,10 +36,7 @@ from hydrahead.runtime.errors import InvalidInputError
 from hydrahead.runtime.importing import import_records, lamp_users
 from hydrahead.runtime.label_file import pairs_from_arrays, pairs_to_arrays, read_npz
 from hydrahead.runtime.labeling import PairSet, Question
-from hydrahead.runtime.llm.cache import ResponseCache
-from hydrahead.runtime.llm.client import LLMClient
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.outbox import Outbox
 from hydrahead.runtime.paths import atomic_write_bytes
 from hydrahead.runtime.personalizer import ROLES, Personalizer
 from hydrahead.runtime.tasks import get_task
@@ -183,25 +180,21 @@ def _label_user(work: Path, user_id: str, rows: list[dict[str, Any]], questions:
         return None
     directory = work / "users" / user_id
     directory.mkdir(parents=True, exist_ok=True)
-    client = LLMClient(config, cache=ResponseCache(directory / "llm_cache.sqlite"),
-                       outbox=Outbox(directory / "outbox.jsonl"))
     options = dict(k=s.k, m=s.m, n=s.n, temperature=s.temperature, seed=s.seed,
                    max_tokens=s.max_tokens)
-    with client, Personalizer.open(directory, bundle=bundle, encoder=encoder, task=task_name,
-                                   llm=client, **options) as p:
+    # Given a config, the personalizer keeps the response cache and the ledger in the user's
+    # directory, as on a device.
+    with Personalizer.open(directory, bundle=bundle, encoder=encoder, task=task_name,
+                           llm=config, **options) as p:
         if p.store.count() != len(rows):
             import_records(p.store, p.task, rows)
-        asked = []
-        if s.questions:
-            texts = [p.task.query_text(q.input) for q in questions if q.gold is not None]
-            golds = [q.gold for q in questions if q.gold is not None]
-            vectors = encoder.encode(texts) if texts else []
-            asked = [Question(t, g, v, frozenset(str(r.get("id")) for r in q.profile))
-                     for t, g, v, q in zip(texts, golds, vectors,
-                                           [q for q in questions if q.gold is not None])]
+        known = [q for q in questions if q.gold is not None] if s.questions else []
+        texts = [p.task.query_text(q.input) for q in known]
+        vectors = encoder.encode(texts) if texts else []
+        asked = [Question(t, q.gold, v, frozenset(str(r.get("id")) for r in q.profile))
+                 for t, v, q in zip(texts, vectors, known)]
         summary = p.fit(budget=s.budget, progress=False, reranker_rule=s.reranker_rule,
                         questions=asked)
-        client.cache.close()  # type: ignore[union-attr]
     labels = summary.labels
     sent.add(labels.requests_sent)
     cost = {"llm_calls": labels.llm_calls, "requests_sent": labels.requests_sent,
