@@ -491,11 +491,11 @@ class Personalizer:
         adapter = labeler.adapter_labels(self.rerank_scores, self.encoder.encode)
         reports["adapter"] = self._fit_role("adapter", adapter, init=self.base_heads["adapter"])
         self.stale = []
+        labels = labeler.summary(reranker, adapter)
         save_labels(self.heads_dir / LABELS_FILE, {"reranker": reranker, "adapter": adapter},
-                    {"budget": budget, "task": self.task.name,
-                     "llm_calls": labeler.summary(reranker, adapter).llm_calls})
+                    {"budget": budget, "task": self.task.name, "llm_calls": labels.llm_calls})
         return FitSummary(
-            labeler.summary(reranker, adapter),
+            labels,
             reports,
             {r: self.heads[r].nbytes for r in ROLES},
             time.perf_counter() - t0,
