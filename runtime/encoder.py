@@ -241,17 +241,11 @@ class Encoder:
 
     def _embed_batch(self, encodings: list) -> np.ndarray:
         """Pad one batch of token encodings, run the model, mean-pool and normalise."""
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), width), self._pad_id, dtype=self._id_dtype)
-        mask = np.zeros((len(encodings), width), dtype=self._id_dtype)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.ids)] = 1
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feed["token_type_ids"] = np.zeros_like(ids)
+        feed = padded_batch(encodings, self._pad_id, self._id_dtype)
+        if "token_type_ids" not in self._inputs:
+            del feed["token_type_ids"]
         hidden = self.session.run([self._output_name], feed)[0]  # (batch, tokens, dim)
-        weights = mask.astype(np.float32)
+        weights = feed["attention_mask"].astype(np.float32)
         pooled = (weights[:, None, :] @ hidden)[:, 0, :]  # sum of the real tokens' vectors
         pooled /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
         if self.normalize:
@@ -264,6 +258,22 @@ class Encoder:
             f"Encoder({source}, dim={self.dim}, max_length={self.max_length}, "
             f"threads={self.threads})"
         )
+
+
+def padded_batch(encodings: Sequence, pad_id: int, dtype: type = np.int64
+                 ) -> dict[str, np.ndarray]:
+    """``input_ids``, ``attention_mask`` and ``token_type_ids`` of a batch of tokenizer
+    encodings, padded on the right to the longest (the model inputs of a BERT-style graph)."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=dtype)
+    mask = np.zeros((len(encodings), width), dtype=dtype)
+    types = np.zeros((len(encodings), width), dtype=dtype)
+    for row, encoding in enumerate(encodings):
+        n = len(encoding.ids)
+        ids[row, :n] = encoding.ids
+        mask[row, :n] = 1
+        types[row, :n] = encoding.type_ids
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def _check_texts(texts: object) -> list[str]:

@@ -32,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle import Bundle
+from .encoder import padded_batch, physical_cores
 from .errors import BundleError, InvalidInputError
 from .heads import Head
 from .pair_base import PairBase, check_pair
@@ -130,7 +131,6 @@ class OnnxCrossBase:
                  max_length: int, fingerprint: str, *, threads: int | None = None) -> None:
         from tokenizers import Tokenizer
 
-        from .encoder import physical_cores
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or physical_cores()
@@ -158,16 +158,7 @@ class OnnxCrossBase:
         if not item_texts:
             return np.zeros((0, self.hidden), np.float32)
         encoded = self.tokenizer.encode_batch([(query_text, t) for t in item_texts])
-        width = max(len(e.ids) for e in encoded)
-        feed = {name: np.zeros((len(encoded), width), np.int64)
-                for name in ("input_ids", "attention_mask", "token_type_ids")}
-        feed["input_ids"][:] = self._pad
-        for i, e in enumerate(encoded):
-            n = len(e.ids)
-            feed["input_ids"][i, :n] = e.ids
-            feed["attention_mask"][i, :n] = 1
-            feed["token_type_ids"][i, :n] = e.type_ids
-        feed = {k: v for k, v in feed.items() if k in self._inputs}
+        feed = {k: v for k, v in padded_batch(encoded, self._pad).items() if k in self._inputs}
         (H,) = self.session.run(None, {**feed, "features": f})
         return H
 
