@@ -148,16 +148,13 @@ def _personalizer(
 @pytest.fixture(scope="module")
 def trained_bundle(bundle_dir: Path, tmp_path_factory) -> Path:
     """The test bundle with the trained bases of ``bench/trained-bases/`` exported into it."""
-    import shutil
-
     pytest.importorskip("torch")
     from hydrahead.export.bases import write_base
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.pair_base import PairBase
 
-    listed = set(Bundle.open(bundle_dir).manifest["files"]) | {"manifest.json"}
     target = tmp_path_factory.mktemp("trained") / "bundle"
-    shutil.copytree(bundle_dir, target, ignore=lambda _, ns: [n for n in ns if n not in listed])
+    Bundle.open(bundle_dir).copy_to(target)
     report = json.loads((TRAINED_BASES / "training.json").read_text())
     for role in ("reranker", "adapter"):
         write_base(target, role, PairBase.load(TRAINED_BASES / f"{role}.npz"),
@@ -169,8 +166,6 @@ def trained_bundle(bundle_dir: Path, tmp_path_factory) -> Path:
 def cross_bundle(bundle_dir: Path, tmp_path_factory) -> Path:
     """The test bundle with cross-mode bases: MiniLM cross-encoders as int8 ONNX graphs (not
     fine-tuned here: a trained one has the same graph, so the same cost)."""
-    import shutil
-
     pytest.importorskip("torch")
     from hydrahead.export.cross_base import write_cross_base
     from hydrahead.runtime.bundle import Bundle
@@ -178,10 +173,9 @@ def cross_bundle(bundle_dir: Path, tmp_path_factory) -> Path:
     from hydrahead.train.settings import TrainSettings
     from hydrahead.train.trainer import initial_base
 
-    listed = set(Bundle.open(bundle_dir).manifest["files"]) | {"manifest.json"}
     root = tmp_path_factory.mktemp("cross")
     target = root / "bundle"
-    shutil.copytree(bundle_dir, target, ignore=lambda _, ns: [n for n in ns if n not in listed])
+    Bundle.open(bundle_dir).copy_to(target)
     s = TrainSettings()  # the default cross-mode size
     for role in ("reranker", "adapter"):
         init = initial_base(role, 384, s)

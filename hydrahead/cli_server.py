@@ -146,9 +146,7 @@ def train_export(obj: Context, trained: str, out: str, metrics: str | None) -> N
     if target.exists():
         raise click.ClickException(f"{target} exists; choose a new --out")
     try:
-        listed = set(Bundle.open(obj.bundle_dir).manifest["files"]) | {"manifest.json"}
-        shutil.copytree(obj.bundle_dir, target,
-                        ignore=lambda _, names: [n for n in names if n not in listed])
+        Bundle.open(obj.bundle_dir).copy_to(target)
         for role in report["roles"]:
             meta = {"data": report["data"], "settings": report["settings"],
                     "fit": {k: v for k, v in report["roles"][role].items()

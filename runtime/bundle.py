@@ -184,6 +184,21 @@ class Bundle:
         payload = {"name": name, "spec": spec, "files": files}
         return hashlib.sha256(_canonical_json(payload)).hexdigest()
 
+    def copy_to(self, target: str | os.PathLike[str]) -> Bundle:
+        """Copy the manifest and the files it lists (nothing else) into the new directory
+        ``target``, and open the copy.
+
+        Raises:
+            BundleError: ``target`` already exists.
+        """
+        target = Path(target)
+        if target.exists():
+            raise BundleError(f"cannot copy the bundle to {target}: it exists")
+        target.mkdir(parents=True)
+        for name in [MANIFEST_NAME, *self.manifest["files"]]:
+            shutil.copy2(self.root / name, target / name)
+        return Bundle.open(target)
+
     @staticmethod
     def add_model(
         root: str | os.PathLike[str],

@@ -217,3 +217,14 @@ def test_write_manifest_requires_the_files_it_lists(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="non-empty 'files'"):
         write_manifest(tmp_path, {"reranker": {"kind": "pair-base"}})
     assert not (tmp_path / MANIFEST_NAME).exists()
+
+
+def test_copy_to_copies_the_listed_files_only(bundle_dir: Path, tmp_path: Path) -> None:
+    source = Path(shutil.copytree(bundle_dir, tmp_path / "source"))
+    (source / "notes.txt").write_text("not part of the bundle")
+    copy = Bundle.open(source).copy_to(tmp_path / "copy")
+    assert copy.fingerprint == Bundle.open(source).fingerprint
+    assert sorted(p.name for p in copy.root.iterdir()) == sorted(
+        [MANIFEST_NAME, *copy.manifest["files"]])
+    with pytest.raises(BundleError, match="exists"):
+        Bundle.open(source).copy_to(tmp_path / "copy")
