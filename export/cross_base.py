@@ -108,7 +108,7 @@ def write_cross_base(bundle_root: str | Path, role: str, trained: str | Path, *,
             raise ExportError(f"the {role} cross base graph disagrees with torch: {measured}")
         logger.info("%s cross base: %s kept (%s)", role, precision, measured)
         head_file = Path(tmp) / f"{role}.cross-head.npz"
-        np.savez(head_file, **{f"head.{k}": v for k, v in head.params.items()})
+        np.savez(head_file, **head.arrays())
         spec = {
             "kind": OnnxCrossBase.kind,
             "hidden": head.hidden,

@@ -186,7 +186,7 @@ def _cross(bundle: Bundle, role: str) -> Featurizer:
     spec = bundle.model(role)
     try:
         with np.load(bundle.file(role, "head"), allow_pickle=False) as npz:
-            head = Head.from_params({k[len("head."):]: npz[k] for k in npz.files})
+            head = Head.from_arrays({k: npz[k] for k in npz.files})
         names, scale = spec["feature_names"], spec["feature_scale"]
         max_length = int(spec["max_length"])
     except (OSError, ValueError, KeyError, InvalidInputError) as exc:

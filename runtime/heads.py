@@ -149,7 +149,7 @@ class Head:
             "format_version": np.array(FORMAT_VERSION),
             "base_fingerprint": np.array(base_fingerprint),
             "role": np.array(role),
-            **{f"param.{k}": v for k, v in self._params.items()},
+            **self.arrays("param."),
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -206,6 +206,17 @@ class Head:
                 "refit with `hydrahead fit`"
             )
         return head
+
+    def arrays(self, prefix: str = "head.") -> dict[str, np.ndarray]:
+        """The parameters keyed ``prefix + name``, for storing inside another ``.npz``."""
+        return {f"{prefix}{k}": v for k, v in self._params.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "head.") -> Head:
+        """The head stored by :meth:`arrays` among other arrays (keys without ``prefix`` are
+        ignored)."""
+        return cls.from_params({k[len(prefix):]: v for k, v in arrays.items()
+                                if k.startswith(prefix)})
 
     # ------------------------------------------------------------------ internals
     def _float64(self) -> dict[str, np.ndarray]:

@@ -221,7 +221,7 @@ class PairBase:
             b=self.b,
             feature_names=np.array(self.feature_names),
             feature_scale=self.feature_scale,
-            **{f"head.{k}": v for k, v in self.head.params.items()},
+            **self.head.arrays(),
         )
         atomic_write_bytes(path, buffer.getvalue(), mode=0o644)
 
@@ -263,9 +263,8 @@ class PairBase:
             names = tuple(str(n) for n in names)
         else:
             raise BundleError(f"{where} lacks its named features; re-export the bundle")
-        head_params = {k[len("head."):]: v for k, v in arrays.items() if k.startswith("head.")}
         try:
-            head = Head.from_params(head_params)
+            head = Head.from_arrays(arrays)
             return cls(arrays["W"], arrays["b"], names, scale, head)
         except (InvalidInputError, TypeError, ValueError) as exc:
             raise BundleError(f"{where} is inconsistent: {exc}") from exc

@@ -89,7 +89,7 @@ class CrossBase(nn.Module):
             "feature_scale": [float(x) for x in self.scale],
             "width": self.width, "max_length": self.max_length, "layers": self.layers,
         }, indent=1), encoding="utf-8")
-        np.savez(out / "head.npz", **{f"head.{k}": v for k, v in head.params.items()})
+        np.savez(out / "head.npz", **head.arrays())
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple[CrossBase, Head]:
@@ -100,5 +100,5 @@ class CrossBase(nn.Module):
                    max_length=config["max_length"], layers=config.get("layers"))
         base.load_state_dict(torch.load(where / "base.pt", weights_only=True))
         with np.load(where / "head.npz") as npz:
-            head = Head.from_params({k[len("head."):]: npz[k] for k in npz.files})
+            head = Head.from_arrays({k: npz[k] for k in npz.files})
         return base.eval(), head
