@@ -75,6 +75,13 @@ def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None)
         fail(exc)
 
 
+def _existing_user(obj: Context, user_id: str) -> Path:
+    """The directory of a user that exists; raises NotFoundError (creating nothing) if none."""
+    from hydrahead.runtime.users import existing_user_path
+
+    return existing_user_path(user_id, obj.root)
+
+
 # ---------------------------------------------------------------------------- user
 @cli.group()
 def user() -> None:
@@ -128,7 +135,8 @@ def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
     from hydrahead.runtime.store import HistoryStore
 
     try:
-        with HistoryStore(
+        _existing_user(obj, user_id)
+        with HistoryStore.for_user(
             user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root
         ) as store:
             for hit in store.search(query, k=k):
@@ -201,11 +209,10 @@ def ask(
 def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
     """Show what left the device: every request body sent to the LLM, as sent."""
     from hydrahead.runtime.errors import HydraheadError
-    from hydrahead.runtime.llm.outbox import Outbox
-    from hydrahead.runtime.paths import user_dir
+    from hydrahead.runtime.llm.outbox import OUTBOX_FILENAME, Outbox
 
     try:
-        path = user_dir(user_id, obj.root) / "outbox.jsonl"
+        path = _existing_user(obj, user_id) / OUTBOX_FILENAME
     except HydraheadError as exc:
         fail(exc)
     records = Outbox(path).tail(n)

@@ -285,8 +285,8 @@ def _checked_params(
     out = {}
     for k in names:
         a = np.asarray(params[k])
-        if not np.issubdtype(a.dtype, np.number):
-            raise error(f"{where}: parameter {k} is not numeric ({a.dtype})")
+        if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+            raise error(f"{where}: parameter {k} must hold real numbers, not {a.dtype}")
         out[k] = a.astype(np.float32)  # always a copy
     b1 = out["b1"]
     if b1.ndim != 1 or b1.shape[0] < 1:

@@ -11,10 +11,13 @@ The index lives in two files next to the SQLite database:
 :meth:`VectorIndex.load` refuses (raises :class:`UnusableIndexError` with the reason) an index whose
 file or stamp is missing, whose checksum does not match (truncated or corrupt), whose stamp names
 another SQLite state (stale: the store was written after the index was saved) or other
-parameters, or that hnswlib cannot read. The store then rebuilds it from SQLite.
+parameters, whose structure is not what hnswlib expects (checked by :mod:`.hnsw_file` before
+hnswlib sees it, since hnswlib trusts its file), or that hnswlib cannot read. The store then
+rebuilds it from SQLite.
 
-Labels are the SQLite row labels. Deleted labels are marked deleted; their slots are reused for
-new labels (hnswlib's ``replace_deleted``), and the index grows geometrically when full.
+Labels are the SQLite row labels. A deleted label's vector is first overwritten with zeros and
+then marked deleted, so the next save no longer holds it; its slot is reused for a new label
+(hnswlib's ``replace_deleted``), and the index grows geometrically when full.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from . import hnsw_file
 from .errors import StoreError
 from .paths import atomic_write_bytes
 
@@ -126,12 +130,18 @@ class VectorIndex:
                 f"the index is stale: it was saved at store state {stamp.get('state')} but the "
                 f"store is at {dict(state)}"
             )
-        expected = stamp.get("file", {})
+        expected = stamp.get("file")
         size = index_path.stat().st_size
-        if size != expected.get("bytes") or file_sha256(index_path) != expected.get("sha256"):
+        if (not isinstance(expected, dict) or size != expected.get("bytes")
+                or file_sha256(index_path) != expected.get("sha256")):
             raise UnusableIndexError(
                 "the index file does not match its checksum (truncated or corrupt)"
             )
+        try:
+            hnsw_file.read(index_path, dim=params.dim, M=params.M,
+                           ef_construction=params.ef_construction, min_capacity=MIN_CAPACITY)
+        except hnsw_file.IndexFileError as exc:
+            raise UnusableIndexError(f"the index file is malformed ({exc})") from None
         index = hnswlib.Index(space="cosine", dim=params.dim)
         try:
             index.load_index(str(index_path), allow_replace_deleted=True)
@@ -178,8 +188,14 @@ class VectorIndex:
             self._live += n_new
 
     def delete(self, labels: Iterable[int]) -> None:
-        """Mark labels deleted; their slots are reused by later additions."""
+        """Overwrite the labels' vectors with zeros and mark them deleted.
+
+        Their slots are reused by later additions; until then they hold zeros, so no saved
+        index keeps a deleted vector.
+        """
+        zeros = np.zeros((1, self._params.dim), dtype=np.float32)
         for label in labels:
+            self._index.add_items(zeros, [int(label)], replace_deleted=False)
             self._index.mark_deleted(int(label))
             self._live -= 1
 

@@ -28,18 +28,34 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         InvalidInputError: naming the line that is not a JSON object.
     """
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InvalidInputError(f"{path}:{lineno}: expected a JSON object per line")
-            rows.append(row)
+    try:
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidInputError(
+                        f"{path}:{lineno}: not UTF-8 text (save the file as UTF-8)") from None
+                if not line.strip():
+                    continue
+                rows.append(_json_object(line, f"{path}:{lineno}"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such file: {path}") from None
     return rows
+
+
+def _json_object(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{where}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise InvalidInputError(f"{where}: unreadable JSON ({exc})") from None
+    if not isinstance(row, dict):
+        raise InvalidInputError(f"{where}: expected a JSON object per line")
+    return row
 
 
 def lamp_profile(questions: Iterable[LampQuestion], user_id: str) -> list[dict[str, Any]]:
@@ -120,7 +136,7 @@ def import_file(
         from .encoder import Encoder
 
         encoder = Encoder(bundle)
-    with HistoryStore(user_id, encoder=encoder, root=root) as store:
+    with HistoryStore.for_user(user_id, encoder=encoder, root=root) as store:
         n = import_records(store, task_obj, rows)
     remember_task(user_id, task if isinstance(task, str) else task_obj.name, root)
     return n

@@ -335,10 +335,14 @@ class Labeler:
         return out
 
     # ------------------------------------------------------------------ requests
-    def _ask(self, prompt: str, query: _Query, *, n: int, temperature: float) -> list[str]:
+    def _ask(self, prompt: str, query: _Query, examples: Sequence[int] = (), *, n: int,
+             temperature: float) -> list[str]:
+        """Send ``prompt`` (``query`` with the records at ``examples`` as its examples)."""
+        sources = ([query.id] if query.id is not None else []) + [
+            self.records[j].id for j in examples]
         return self._counter.complete(
             self.llm, prompt, n=n, temperature=temperature, max_tokens=self.max_tokens,
-            seed=query_seed(query.text, self.seed))
+            seed=query_seed(query.text, self.seed), sources=sources)
 
     def _quality(self, outputs: Sequence[str], gold: str) -> float:
         """Share of right outputs (labels, ratings), or their mean ROUGE (generation)."""
@@ -355,15 +359,18 @@ class Labeler:
             if not picked:
                 continue
             prompts = [self.task.render_prompt(q.text, [self.records[q.hits[j]]]) for j in picked]
+            shown = [[q.hits[j]] for j in picked]
             if self.reranker_rule == "binary":
-                outs = [(self._ask(p, q, n=1, temperature=0.0) or [""])[0] for p in prompts]
+                outs = [(self._ask(p, q, e, n=1, temperature=0.0) or [""])[0]
+                        for p, e in zip(prompts, shown)]
                 found.append((q, picked, [float(y) for y in label_by_answer(self.task, outs,
                                                                             q.gold)]))
                 continue
             sample = dict(n=self.n_candidates, temperature=self.temperature)
             without = self._quality(self._ask(self.task.render_prompt(q.text), q, **sample),
                                     q.gold)
-            deltas = [self._quality(self._ask(p, q, **sample), q.gold) - without for p in prompts]
+            deltas = [self._quality(self._ask(p, q, e, **sample), q.gold) - without
+                      for p, e in zip(prompts, shown)]
             found.append((q, picked, deltas))
         if self.reranker_rule == "graded":
             top = max((abs(d) for _, _, ds in found for d in ds), default=0.0)
@@ -389,10 +396,12 @@ class Labeler:
                             self.vectors[q.hits], q.scores)
             top = np.argsort(-scores, kind="stable")[: self.m]
             prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]] for j in top])
+            shown = [q.hits[j] for j in top]
             greedy = None
             if self.greedy:
-                greedy = (self._ask(prompt, q, n=1, temperature=0.0) or [None])[0]
-            samples = self._ask(prompt, q, n=self.n_candidates, temperature=self.temperature)
+                greedy = (self._ask(prompt, q, shown, n=1, temperature=0.0) or [None])[0]
+            samples = self._ask(prompt, q, shown, n=self.n_candidates,
+                                temperature=self.temperature)
             candidates = distinct_candidates(greedy, samples)
             targets = self._candidate_targets(candidates, q.gold)
             if not candidates or targets is None:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import platformdirs
 
-from .errors import InvalidUserIdError
+from .errors import InvalidUserIdError, StoreError
 
 ENV_HOME = "HYDRAHEAD_HOME"
 MAX_USER_ID_LENGTH = 128
+MAX_USER_ID_BYTES = 255
+"""File systems limit a name to 255 bytes; a user id names a directory, in UTF-8."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -35,8 +37,9 @@ def validate_user_id(user_id: object) -> str:
     """Check that ``user_id`` can name a directory safely and return it.
 
     Raises:
-        InvalidUserIdError: if it is not a non-empty string of at most 128 characters without
-            path separators, control characters, or a leading dot (which also rules out "..").
+        InvalidUserIdError: if it is not a non-empty string of at most 128 characters and 255
+            UTF-8 bytes (lone surrogates cannot be encoded) without path separators, control
+            characters, or a leading dot (which also rules out "..").
     """
     if not isinstance(user_id, str):
         raise InvalidUserIdError(f"user id must be a string, got {type(user_id).__name__}")
@@ -46,6 +49,15 @@ def validate_user_id(user_id: object) -> str:
         raise InvalidUserIdError(
             f"user id is {len(user_id)} characters long; the limit is {MAX_USER_ID_LENGTH}"
         )
+    try:
+        size = len(user_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidUserIdError(
+            "user id is not valid Unicode text (it holds a lone surrogate)") from None
+    if size > MAX_USER_ID_BYTES:
+        raise InvalidUserIdError(
+            f"user id is {size} UTF-8 bytes long; a directory name holds {MAX_USER_ID_BYTES} "
+            "at most")
     if "/" in user_id or "\\" in user_id or os.sep in user_id:
         raise InvalidUserIdError(f"user id {user_id!r} must not contain path separators")
     if _CONTROL.search(user_id):
@@ -58,18 +70,32 @@ def validate_user_id(user_id: object) -> str:
 
 
 def make_private_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` (and parents) if needed and make it owner-only (0700)."""
+    """Create ``path`` (and parents) if needed and make it owner-only (0700).
+
+    Raises:
+        StoreError: if ``path`` (or a parent) exists and is not a directory.
+    """
     p = Path(path)
-    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"{p} cannot be a directory: it (or a parent) exists as a file; "
+                         "move that file away") from None
     os.chmod(p, 0o700)
     return p
 
 
 def user_dir(user_id: str, root: str | os.PathLike[str] | None = None) -> Path:
-    """Return (and create, owner-only) the directory of ``user_id`` under the data root."""
+    """Return (and create, owner-only) the directory of ``user_id`` under the data root.
+
+    A data root hydrahead creates is owner-only too (an existing one keeps its mode).
+    """
     uid = validate_user_id(user_id)
-    make_private_dir(data_root(root) / "users")
-    return make_private_dir(data_root(root) / "users" / uid)
+    home = data_root(root)
+    if not home.exists():
+        make_private_dir(home)
+    make_private_dir(home / "users")
+    return make_private_dir(home / "users" / uid)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:

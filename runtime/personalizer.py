@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
@@ -49,21 +48,22 @@ from .errors import BundleError, HeadError, InvalidInputError, LLMResponseError,
 from .featurizer import Featurizer, load_featurizer
 from .fitting import FitReport, fit_head
 from .heads import Head
-from .label_file import drop_records, load_labels, save_labels
+from .erasure import CACHE_FILE, HEADS_DIR, LABELS_FILE
+from .label_file import load_labels, save_labels
 from .labeling import Labeler, LabelSet, PairSet, label_by_answer, query_seed
 from .llm.cache import ResponseCache
 from .llm.client import LLMClient
 from .llm.config import LLMConfig
-from .llm.outbox import Outbox
+from .llm.outbox import OUTBOX_FILENAME, Outbox
 from .paths import make_private_dir
 from .records import Hit, Record
 from .store import HistoryStore
+from .users import remove_store_directory
 from .tasks import Task, get_task
 
 logger = logging.getLogger("hydrahead")
 
 ROLES = ("reranker", "adapter")
-LABELS_FILE = "labels.npz"  # in heads/: what the heads were fitted on (see refit_from_labels)
 LISTWISE = {"reranker": False, "adapter": True}  # how each head is fitted (see _fit_role)
 
 
@@ -188,7 +188,7 @@ class Personalizer:
             role: f.head if head_rank is None else f.head.factorize(head_rank)
             for role, f in self.featurizers.items()
         }
-        self.heads_dir = make_private_dir(Path(store.directory) / "heads")
+        self.heads_dir = make_private_dir(Path(store.directory) / HEADS_DIR)
         self.refitted: dict[str, FitReport | None] = {}  # heads refitted for a changed base
         self.stale: list[str] = []  # heads of a changed base with no labels to refit from
         self.heads = {role: self._load_head(role) for role in ROLES}
@@ -231,7 +231,15 @@ class Personalizer:
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         task = task if isinstance(task, Task) else get_task(task)
         encoder = encoder or Encoder(bundle)
-        store = HistoryStore(user, encoder=encoder, root=root)  # a str is a user id, a Path a dir
+        if isinstance(user, str):
+            store = HistoryStore.for_user(user, encoder=encoder, root=root)
+        elif isinstance(user, os.PathLike):
+            if root is not None:
+                raise InvalidInputError("root applies to user ids only, not to a directory")
+            store = HistoryStore.at(user, encoder=encoder)
+        else:
+            raise InvalidInputError(
+                f"user must be a user id (str) or a directory (Path), got {type(user).__name__}")
         directory = store.directory
         try:
             client = (
@@ -266,9 +274,9 @@ class Personalizer:
         return self.store.add(items)
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Delete history records by id, and the stored labels that held them."""
+        """Delete history records by id, and erase them from every file of the user
+        (see :meth:`HistoryStore.delete`): stored labels, response cache and outbox included."""
         self.store.delete(ids)
-        drop_records(self.heads_dir / LABELS_FILE, list(ids))
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         """Search the user's history."""
@@ -400,12 +408,13 @@ class Personalizer:
         prepared = self.prepare(query)
         t1 = time.perf_counter()
         llm, seed = self._llm(), query_seed(query, self.seed)
+        sources = [it.record.id for it in prepared.items]
         calls = []
         if self.greedy:
             calls.append(llm.complete(prepared.prompt, n=1, temperature=0.0,
-                                      max_tokens=self.max_tokens, seed=seed))
+                                      max_tokens=self.max_tokens, seed=seed, sources=sources))
         calls.append(llm.complete(prepared.prompt, n=self.n, temperature=self.temperature,
-                                  max_tokens=self.max_tokens, seed=seed))
+                                  max_tokens=self.max_tokens, seed=seed, sources=sources))
         t2 = time.perf_counter()
         greedy = (calls[0].texts or [None])[0] if self.greedy else None
         answer = self.choose(prepared, calls[-1].texts, greedy=greedy,
@@ -492,7 +501,7 @@ class Personalizer:
         reports["adapter"] = self._fit_role("adapter", adapter, init=self.base_heads["adapter"])
         self.stale = []
         labels = labeler.summary(reranker, adapter)
-        save_labels(self.heads_dir / LABELS_FILE, {"reranker": reranker, "adapter": adapter},
+        save_labels(Path(self.store.directory) / LABELS_FILE, {"reranker": reranker, "adapter": adapter},
                     {"budget": budget, "task": self.task.name, "llm_calls": labels.llm_calls})
         return FitSummary(
             labels,
@@ -586,7 +595,7 @@ class Personalizer:
                 a hydrahead that did not keep them): run ``hydrahead fit``; the response cache
                 answers the requests it already made.
         """
-        path = self.heads_dir / LABELS_FILE
+        path = Path(self.store.directory) / LABELS_FILE
         try:
             labels, _ = load_labels(path, query_vectors=self._stored_vector,
                                     item_vectors=self._item_vectors)
@@ -632,10 +641,14 @@ class Personalizer:
 
     # ------------------------------------------------------------------ forget
     def forget(self) -> None:
-        """Remove this user's data for good: history, index, heads, cache and ledger."""
+        """Remove this user's data for good: history, index, heads, cache and ledger.
+
+        Raises:
+            StoreError: the user is also open elsewhere (then nothing is removed).
+        """
         directory = Path(self.store.directory)
         self.close()
-        shutil.rmtree(directory)
+        remove_store_directory(directory)
 
     # ------------------------------------------------------------------ internals
     def _llm(self) -> LLMClient:
@@ -673,8 +686,8 @@ def _client_for(
 ) -> LLMClient:
     return LLMClient(
         config,
-        cache=ResponseCache(directory / "llm_cache.sqlite") if cache else None,
-        outbox=Outbox(directory / "outbox.jsonl", enabled=outbox),
+        cache=ResponseCache(directory / CACHE_FILE) if cache else None,
+        outbox=Outbox(directory / OUTBOX_FILENAME, enabled=outbox),
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -86,7 +86,8 @@ class Record:
             raise InvalidInputError(f"a record must be a dict or Record, got {type(data).__name__}")
         for key in ("id", "text"):
             if key not in data:
-                raise InvalidInputError(f"record dict has no {key!r} key (keys: {sorted(data)})")
+                keys = ", ".join(sorted(repr(k) for k in data)[:10])
+                raise InvalidInputError(f"record dict has no {key!r} key (keys: {keys})")
         if "embedding" in data:
             raise InvalidInputError(
                 "record dict has an 'embedding' key; remove it and pass the vectors to "
@@ -217,7 +218,7 @@ def checked_scalar(value: object, what: str) -> Any:
         return value
     if isinstance(value, numbers.Integral):  # also numpy integers
         if not _INT64_MIN <= int(value) <= _INT64_MAX:
-            raise InvalidInputError(f"{what} = {value} does not fit in 64 bits")
+            raise InvalidInputError(f"{what} = {_short(value)} does not fit in 64 bits")
         return int(value)
     if isinstance(value, numbers.Real):  # also numpy floats
         if not math.isfinite(value):
@@ -236,6 +237,69 @@ def _checked_timestamp(value: object) -> float | None:
         raise InvalidInputError(
             f"timestamp must be a number of seconds or None, got {type(value).__name__}"
         )
-    if not math.isfinite(value):
-        raise InvalidInputError(f"timestamp {value} is not a finite number")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise InvalidInputError(f"timestamp {_short(value)} is not a finite number of seconds")
+    return seconds
+
+
+def _short(value: object) -> str:
+    text = str(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------------- API argument checks
+
+
+def check_int(value: object, name: str, least: int, most: int = _INT64_MAX) -> int:
+    """Return ``value`` if it is an int (not a bool) in ``[least, most]``, else raise.
+
+    The default upper bound is what SQLite can bind (a signed 64-bit integer).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not least <= int(value) <= most:
+        raise InvalidInputError(
+            f"{name} must be an integer from {least} to {most}, got {_short(value)}")
+    return int(value)
+
+
+def as_records(items: object) -> list[Record]:
+    """Turn a Record, a dict, or an iterable of them into records, checking each and rejecting
+    repeated ids (all or nothing)."""
+    if isinstance(items, (Record, Mapping)):
+        items = [items]
+    elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InvalidInputError("items must be a Record, a dict, or a list of them")
+    records: list[Record] = []
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        try:
+            record = item if isinstance(item, Record) else Record.from_dict(item)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"item {i}: {exc}") from None
+        if record.id in first_seen:
+            raise InvalidInputError(
+                f"item {i}: id {record.id!r} is also item {first_seen[record.id]}; "
+                "ids must be unique within one call"
+            )
+        first_seen[record.id] = i
+        records.append(record)
+    return records
+
+
+def as_ids(ids: object) -> list[str]:
+    """Turn a record id or an iterable of them into a list of ids that SQLite can bind."""
+    if isinstance(ids, str):
+        ids = [ids]
+    if isinstance(ids, (bytes, Mapping)) or not isinstance(ids, Iterable):
+        raise InvalidInputError(f"ids must be a string or a list of strings, got {_short(ids)}")
+    result = list(ids)
+    for id_ in result:
+        if not isinstance(id_, str):
+            raise InvalidInputError(
+                f"ids must be strings, got {type(id_).__name__}: {_short(repr(id_))}")
+        _utf8_length(id_, f"record id {id_!r}")
+    return result

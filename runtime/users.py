@@ -11,7 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import TaskError
+from .dir_lock import lock_directory
+from .errors import NotFoundError, StoreError, TaskError
 from .paths import atomic_write_bytes, data_root, user_dir, validate_user_id
 
 USER_CONFIG = "user.json"
@@ -48,14 +49,51 @@ def resolve_task(user_id: str, task: str | None, root: str | os.PathLike[str] | 
 
 
 def forget_user(user_id: str, root: str | os.PathLike[str] | None = None) -> bool:
-    """Delete everything stored for ``user_id``. Returns whether there was anything."""
+    """Delete everything stored for ``user_id``. Returns whether there was anything.
+
+    Takes the store's lock first, so a user cannot be forgotten while a store (or a
+    personalizer) has them open, in this process or another.
+
+    Raises:
+        StoreError: the user is open elsewhere (nothing was removed), or the directory could
+            not be removed completely.
+    """
     path = user_path(user_id, root)
     if not path.exists():
         return False
-    shutil.rmtree(path)
+    remove_store_directory(path)
     return True
+
+
+def remove_store_directory(path: Path) -> None:
+    """Remove a store directory and everything in it, holding its lock while doing so.
+
+    Raises:
+        StoreError: the store is open (nothing was removed), or removing failed part way.
+    """
+    lock = lock_directory(path)
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        raise StoreError(f"could not remove all of {path}: {exc}") from exc
+    finally:
+        lock.close()
 
 
 def user_path(user_id: str, root: str | os.PathLike[str] | None = None) -> Path:
     """The directory of ``user_id`` (not created)."""
     return data_root(root) / "users" / validate_user_id(user_id)
+
+
+def existing_user_path(user_id: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """The directory of a user that exists (for commands that only read).
+
+    Raises:
+        NotFoundError: there is no such user under the data root (nothing is created).
+    """
+    path = user_path(user_id, root)
+    if not path.is_dir():
+        raise NotFoundError(
+            f"no user {user_id!r} under {data_root(root)}; import a history first with "
+            "`hydrahead user import`")
+    return path

@@ -41,13 +41,15 @@ class Reply:
     """An answer: status, body (bytes, text, or JSON-able object), headers, and a delay.
 
     ``delay`` seconds are slept before answering: longer than the client's read timeout, it is
-    a hanging server.
+    a hanging server. ``drip`` seconds are slept between the body's bytes, each sent alone:
+    shorter than the read timeout, it is a server that never times out but never finishes.
     """
 
     status: int = 200
     body: bytes | str | Mapping[str, Any] | list[Any] = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    drip: float = 0.0
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -154,7 +156,12 @@ class FaultServer:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if not reply.drip:
+                        self.wfile.write(payload)
+                    for i in range(len(payload) if reply.drip else 0):
+                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.drip)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout) before we answered
 

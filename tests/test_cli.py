@@ -211,3 +211,11 @@ def test_train_labels_fit_export_evaluate(run, tmp_path: Path) -> None:
               "--task", "GIT_area", "--budget", "20", "--offline", "--out",
               str(tmp_path / "eval"))
     assert "| **fitted**" in out.stdout and "SIMULATOR" in out.stdout.upper()
+
+
+def test_read_only_commands_do_not_create_users(run) -> None:
+    for args in (("outbox", "ghost"), ("user", "search", "ghost", "anything")):
+        result = run(*args, ok=False)
+        assert result.exit_code != 0
+        assert "no user 'ghost'" in result.output
+    assert not (run.home / "users" / "ghost").exists()

@@ -45,7 +45,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def outbox(data_dir: Path) -> Outbox:
-    return Outbox(data_dir / "users" / "u1" / "outbox.jsonl")
+    return Outbox.for_user("u1", data_dir)
 
 
 def make_client(url: str, outbox: Outbox | None = None, cache: ResponseCache | None = None,
@@ -243,6 +243,77 @@ def test_redirect_is_not_followed(server: FaultServer) -> None:
     with pytest.raises(LLMError, match="redirected to http://elsewhere.invalid"):
         make_client(server.url).complete("p")
     assert server.hits == 1
+
+
+def test_redirect_to_another_host_carries_no_key_anywhere(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HYDRAHEAD_LLM_API_KEY", KEY)
+    with FaultServer(default=chat_reply(["stolen"])) as elsewhere:
+        location = f"{elsewhere.url}/chat/completions?key={KEY}&k2={KEY.replace('-', '%2D')}"
+        server.default = Reply(307, "", {"Location": location})
+        with pytest.raises(LLMError, match="not followed") as info:
+            make_client(server.url).complete("p")
+        assert elsewhere.hits == 0  # the Authorization header never went to the other host
+    assert server.hits == 1
+    assert KEY not in str(info.value) and "[REDACTED]" in str(info.value)
+    assert KEY not in caplog.text
+
+
+def test_a_key_echoed_in_a_completion_is_redacted_everywhere(
+    server: FaultServer, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYDRAHEAD_LLM_API_KEY", KEY)
+    server.default = lambda req: chat_reply([f"your key is {req.headers['authorization'][7:]}"])
+    with ResponseCache(data_dir / "cache.sqlite") as cache:
+        client = make_client(server.url, Outbox.for_user("u1", data_dir), cache)
+        answer = client.complete("p", seed=1)
+        assert answer.texts == ["your key is [REDACTED]"]
+        assert client.complete("p", seed=1).texts == ["your key is [REDACTED]"]  # cached
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+# -- deadlines ------------------------------------------------------------------------------------
+
+
+def test_a_dripping_answer_is_cut_off_by_the_attempt_timeout(server: FaultServer,
+                                                             outbox: Outbox) -> None:
+    # Every byte arrives well within the read timeout; the whole answer would take ~60 s.
+    server.default = Reply(200, chat_body(["slow " * 40]), drip=0.1)
+    t0 = time.monotonic()
+    with pytest.raises(LLMError, match="attempt timeout of 0.8 s") as info:
+        make_client(server.url, outbox, read_timeout=1.0, attempt_timeout=0.8,
+                    max_retries=1).complete("p")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 4.0, elapsed
+    assert "gave up after 2 attempts" in str(info.value)
+    records = assert_ledger_matches(outbox, server)
+    assert all(r["status"] is None and "still arriving" in r["error"] for r in records)
+
+
+def test_the_total_timeout_bounds_a_whole_call(server: FaultServer) -> None:
+    server.default = Reply(200, chat_body(["slow " * 40]), drip=0.1)
+    t0 = time.monotonic()
+    with pytest.raises(LLMError, match="total timeout of 1.5 s"):
+        make_client(server.url, read_timeout=1.0, attempt_timeout=1.0, total_timeout=1.5,
+                    max_retries=10).complete("p")
+    assert time.monotonic() - t0 < 3.5
+    assert server.hits == 2  # 1 s, then the remaining 0.5 s: no third attempt
+
+
+def test_total_timeout_ends_top_up_calls_with_what_came_back(server: FaultServer) -> None:
+    server.script(chat_reply(["first"]))
+    server.default = Reply(200, chat_body(["late"]), drip=0.05)
+    c = make_client(server.url, total_timeout=1.0, max_retries=5).complete("p", n=3)
+    assert c.texts == ["first"]
+
+
+def test_deadlines_are_validated() -> None:
+    for name in ("attempt_timeout", "total_timeout"):
+        with pytest.raises(InvalidInputError, match=name):
+            LLMConfig("http://127.0.0.1:1/v1", "m", **{name: 0})
 
 
 # -- malformed answers ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_encoder import HashingEncoder, sample_items
-from hydrahead.runtime import store as store_module
+from hydrahead.runtime import store_search
 from hydrahead.runtime.errors import (
     EncoderMismatchError,
     InvalidInputError,
@@ -349,7 +349,7 @@ def test_search_k_larger_than_count_returns_all(store: HistoryStore) -> None:
 def test_dict_and_callable_filters_agree_with_brute_force(
     store: HistoryStore, monkeypatch: pytest.MonkeyPatch, exact_limit: int
 ) -> None:
-    monkeypatch.setattr(store_module, "EXACT_SEARCH_MAX", exact_limit)
+    monkeypatch.setattr(store_search, "EXACT_SEARCH_MAX", exact_limit)
     store.add(sample_items(300))
     doc_ids = [r.id for r in store.list() if r.fields["tag"] == "doc"]
     rng = np.random.default_rng(1)
@@ -519,26 +519,28 @@ def test_reopen_gives_identical_search_results(store_dir: Path) -> None:
 @pytest.mark.parametrize("user_id", ["../x", "a/b", "", "\x00", "a" * 200, ".hidden", "a\\b", 5])
 def test_invalid_user_ids_are_refused(tmp_path: Path, user_id: object) -> None:
     with pytest.raises(InvalidUserIdError):
-        HistoryStore(user_id, encoder=HashingEncoder(), root=tmp_path / "root")  # type: ignore
+        HistoryStore.for_user(user_id, encoder=HashingEncoder(), root=tmp_path / "root")  # type: ignore
     assert not (tmp_path / "x").exists() and not (tmp_path / "root" / "x").exists()
 
 
 def test_user_store_location_root_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with HistoryStore("alice", encoder=HashingEncoder(), root=tmp_path / "root") as store:
+    with HistoryStore.for_user("alice", encoder=HashingEncoder(), root=tmp_path / "root") as store:
         store.add(sample_items(2))
         assert store.user_id == "alice"
         assert store.directory == tmp_path / "root" / "users" / "alice"
     monkeypatch.setenv("HYDRAHEAD_HOME", str(tmp_path / "home"))
-    with HistoryStore.open("bob", encoder=HashingEncoder()) as store:
+    with HistoryStore.for_user("bob", encoder=HashingEncoder()) as store:
         assert store.directory == tmp_path / "home" / "users" / "bob"
-    with pytest.raises(InvalidInputError):
-        HistoryStore(tmp_path / "dir", encoder=HashingEncoder(), root=tmp_path)
+    with HistoryStore.at(tmp_path / "dir", encoder=HashingEncoder()) as store:
+        assert store.user_id is None
+    with pytest.raises(InvalidInputError, match="for_user"):  # a str is neither, by itself
+        HistoryStore("alice", encoder=HashingEncoder())  # type: ignore[arg-type]
 
 
 def test_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     old_umask = os.umask(0)
     try:
-        with HistoryStore("carol", encoder=HashingEncoder(), root=tmp_path) as store:
+        with HistoryStore.for_user("carol", encoder=HashingEncoder(), root=tmp_path) as store:
             store.add(sample_items(5))
             users = tmp_path / "users"
             assert stat.S_IMODE(users.stat().st_mode) == 0o700

@@ -4,7 +4,10 @@ One SQLite file (owner-only, 0600). The key is the sha256 of the canonical JSON 
 ``[base_url, request_body]`` -- the body as the client builds it (model, messages, n,
 temperature, max_tokens, seed), which never contains the API key. The value is the list of
 texts that came back, the model that answered, whether it was the offline simulator, and when
-it was stored.
+it was stored. Beside each entry, the ids of the history records its prompt held (the
+``sources`` the client was told), so that deleting a record drops the answers that came from it
+(:meth:`ResponseCache.drop_sources`); SQLite runs with ``secure_delete``, so dropped entries are
+overwritten, not just unlinked. Format 1 caches kept no sources: opening one drops its entries.
 
 What gets cached is the client's decision (see :class:`~hydrahead.runtime.llm.client.LLMClient`):
 only requests whose answer is meant to be reproducible.
@@ -14,10 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,17 +31,25 @@ from typing import Any, Mapping
 
 from ..errors import LLMError
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
-    key       TEXT PRIMARY KEY,
-    texts     TEXT NOT NULL,
-    model     TEXT NOT NULL,
-    simulated INTEGER NOT NULL,
-    created   REAL NOT NULL
+FORMAT_VERSION = 2
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS responses (
+        key       TEXT PRIMARY KEY,
+        texts     TEXT NOT NULL,
+        model     TEXT NOT NULL,
+        simulated INTEGER NOT NULL,
+        created   REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS sources (
+        record_id TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        PRIMARY KEY (record_id, key)
+    ) WITHOUT ROWID""",
 )
-"""
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class ResponseCache:
         os.chmod(self.path, 0o600)
         self._conn = sqlite3.connect(self.path, check_same_thread=False)
         try:
+            self._conn.execute("PRAGMA secure_delete = ON")
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version > FORMAT_VERSION:
                 raise LLMError(
@@ -84,7 +99,13 @@ class ResponseCache:
                     f"{version}, this one reads {FORMAT_VERSION}); upgrade or use another path"
                 )
             with self._conn:
-                self._conn.execute(_SCHEMA)
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                if 0 < version < FORMAT_VERSION:  # entries without sources cannot be erased
+                    dropped = self._conn.execute("DELETE FROM responses").rowcount
+                    log.info("response cache %s: dropped %d entries of format %d (they do not "
+                             "say which history records their prompts held)",
+                             self.path, dropped, version)
                 self._conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -105,8 +126,12 @@ class ResponseCache:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> CachedResponse | None:
-        """Return the cached answer for ``key``, or ``None``."""
-        with self._lock:
+        """Return the cached answer for ``key``, or ``None``.
+
+        Raises:
+            LLMError: if the cache file cannot be read.
+        """
+        with self._lock, self._errors():
             row = self._conn.execute(
                 "SELECT texts, model, simulated, created FROM responses WHERE key = ?", (key,)
             ).fetchone()
@@ -114,20 +139,57 @@ class ResponseCache:
             return None
         return CachedResponse(json.loads(row[0]), row[1], bool(row[2]), row[3])
 
-    def put(self, key: str, texts: list[str], *, model: str, simulated: bool) -> None:
-        """Store (or replace) the answer for ``key``."""
-        with self._lock, self._conn:
+    def put(self, key: str, texts: list[str], *, model: str, simulated: bool,
+            sources: Iterable[str] = ()) -> None:
+        """Store (or replace) the answer for ``key``.
+
+        Args:
+            key: :meth:`key` of the request.
+            texts: The answer's texts.
+            model: The model that answered.
+            simulated: Whether the offline simulator answered.
+            sources: Ids of the history records the prompt held (see :meth:`drop_sources`).
+
+        Raises:
+            LLMError: if the cache file cannot be written.
+        """
+        with self._lock, self._errors(), self._conn:
             self._conn.execute(
                 "INSERT OR REPLACE INTO responses (key, texts, model, simulated, created) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (key, json.dumps(list(texts), ensure_ascii=False), model, int(simulated),
                  time.time()),
             )
+            self._conn.execute("DELETE FROM sources WHERE key = ?", (key,))
+            self._conn.executemany("INSERT OR IGNORE INTO sources (record_id, key) VALUES (?, ?)",
+                                   [(record_id, key) for record_id in sources])
+
+    def drop_sources(self, record_ids: Sequence[str]) -> int:
+        """Drop every answer whose prompt held one of ``record_ids``; return how many."""
+        dropped = 0
+        with self._lock, self._errors(), self._conn:
+            for start in range(0, len(record_ids), _IN_CHUNK):
+                chunk = list(record_ids[start : start + _IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                keys = [row[0] for row in self._conn.execute(
+                    f"SELECT DISTINCT key FROM sources WHERE record_id IN ({marks})", chunk)]
+                self._conn.executemany("DELETE FROM sources WHERE key = ?", [(k,) for k in keys])
+                dropped += sum(self._conn.execute("DELETE FROM responses WHERE key = ?",
+                                                  (k,)).rowcount for k in keys)
+        return dropped
 
     def clear(self) -> int:
         """Delete every entry; return how many there were."""
-        with self._lock, self._conn:
+        with self._lock, self._errors(), self._conn:
+            self._conn.execute("DELETE FROM sources")
             return self._conn.execute("DELETE FROM responses").rowcount
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LLMError(f"response cache {self.path} cannot be used ({exc})") from exc
 
     def __len__(self) -> int:
         with self._lock:

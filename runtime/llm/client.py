@@ -10,9 +10,14 @@ What it does on top of a bare POST:
   usable completion (bad JSON, missing fields, no choices) are retried with exponential backoff
   and jitter (tenacity), at most ``max_retries + 1`` attempts. A ``Retry-After`` header (seconds
   or an HTTP date) replaces the backoff delay, capped at ``max_retry_after``. Other 4xx answers
-  (400, 401, 404, ...) and redirects are not retried. Failing for good raises
+  (400, 401, 404, ...) and redirects are not retried (nor followed, so the ``Authorization``
+  header never goes to another host). Failing for good raises
   :class:`~hydrahead.runtime.errors.LLMError` (``LLMResponseError`` when the server answered but
   not usefully) saying how many attempts were made, what the last one got, and the URL.
+* **Deadlines.** The read timeout bounds each wait for the next bytes; ``attempt_timeout`` bounds
+  a whole attempt (a server dripping a valid answer byte by byte is cut off and retried) and
+  ``total_timeout`` a whole :meth:`LLMClient.complete` call, retries, backoff and top-ups
+  included.
 * **n candidates.** Many servers return fewer choices than ``n`` (Ollama and llama.cpp ignore
   it). The client then asks again for the remainder, at most ``max_extra_calls`` times, call
   ``i`` with ``seed + i`` so that a deterministic server gives different samples (without a seed
@@ -26,11 +31,16 @@ What it does on top of a bare POST:
   server ran dry or the extra-call bound was reached (that is reproducible), but not when an
   extra call failed (a transient error must not become a permanent answer).
 * **Outbox.** With an :class:`~hydrahead.runtime.llm.outbox.Outbox`, every HTTP attempt is
-  recorded with the body bytes exactly as they went on the wire.
+  recorded with the body bytes exactly as they went on the wire. Nothing is sent when the
+  outbox cannot be written.
+* **Sources.** ``complete(..., sources=ids)`` names the history records the prompt holds; the
+  outbox entry and the cache entry keep the ids, so deleting a record can erase it from both.
+  They are never sent.
 * **The API key** is read from the environment at each request and only ever put in the
   ``Authorization`` header. It is in no cache key, cache entry, outbox record, log line, error
-  message or repr; should a server echo it back, it is replaced by ``[REDACTED]`` before the
-  answer is recorded or quoted in an error.
+  message or repr; should a server echo it back (in an answer's text, an error body or a
+  redirect's ``Location``), it is replaced by ``[REDACTED]`` before the answer is returned,
+  cached, recorded or quoted in an error.
 """
 
 from __future__ import annotations
@@ -40,12 +50,14 @@ import json
 import logging
 import math
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import requests
+import urllib3
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -125,10 +137,16 @@ class _Malformed(ValueError):
 
 
 class _Tally:
-    """Counts HTTP attempts across the retries and extra calls of one ``complete``."""
+    """One ``complete`` call's HTTP attempts (retries and extra calls) and its deadline."""
 
-    def __init__(self) -> None:
+    def __init__(self, total_timeout: float, sources: Sequence[str]) -> None:
         self.sent = 0
+        self.total_timeout = total_timeout
+        self.deadline = time.monotonic() + total_timeout
+        self.sources = sources
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
 
 
 class LLMClient:
@@ -161,8 +179,8 @@ class LLMClient:
     # -- public API ------------------------------------------------------------------------
 
     def complete(self, prompt: str | Sequence[Mapping[str, Any]], *, n: int = 1,
-                 temperature: float = 1.0, max_tokens: int = 64, seed: int | None = None
-                 ) -> Completion:
+                 temperature: float = 1.0, max_tokens: int = 64, seed: int | None = None,
+                 sources: Sequence[str] = ()) -> Completion:
         """Ask for ``n`` completions of ``prompt``.
 
         Args:
@@ -171,6 +189,8 @@ class LLMClient:
             temperature: Sampling temperature (>= 0).
             max_tokens: Token limit of each candidate (>= 1).
             seed: Sampling seed; a seeded request is cacheable.
+            sources: Ids of the history records ``prompt`` holds (kept with the outbox and
+                cache entries so that deleting a record erases it there; never sent).
 
         Returns:
             The candidates with where they came from.
@@ -181,6 +201,8 @@ class LLMClient:
             LLMError: if the server could not be reached or refused the request.
         """
         body = self._body(prompt, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        if isinstance(sources, (str, bytes)) or not all(isinstance(s, str) for s in sources):
+            raise InvalidInputError("sources must be a list of record ids (strings)")
         cacheable = self.cache is not None and (seed is not None or body["temperature"] == 0)
         key = ResponseCache.key(self.config.base_url, body) if cacheable else None
         if key is not None and self.cache is not None:
@@ -188,7 +210,7 @@ class LLMClient:
             if hit is not None:
                 return Completion(hit.texts[:n], True, 0, hit.model, hit.simulated)
 
-        tally = _Tally()
+        tally = _Tally(self.config.total_timeout, list(sources))
         first = self._request(body, require_choices=True, tally=tally)
         texts = first.texts[:n]
         tokens = [first.prompt_tokens, first.completion_tokens]
@@ -213,7 +235,8 @@ class LLMClient:
 
         model = first.model or self.config.model
         if key is not None and self.cache is not None and not interrupted:
-            self.cache.put(key, texts, model=model, simulated=first.simulated)
+            self.cache.put(key, texts, model=model, simulated=first.simulated,
+                           sources=tally.sources)
         return Completion(texts, False, tally.sent, model, first.simulated, *tokens)
 
     def close(self) -> None:
@@ -263,24 +286,30 @@ class LLMClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         retrying = Retrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=self._wait,
+            stop=stop_after_attempt(self.config.max_retries + 1) | _past(tally),
+            wait=lambda state: min(self._wait(state), max(tally.remaining(), 0.0)),
             retry=retry_if_exception_type(_Retryable),
             before_sleep=self._log_retry,
         )
         try:
             for attempt in retrying:
                 with attempt:
+                    if tally.remaining() <= 0:
+                        raise _Retryable(f"the total timeout of {tally.total_timeout:g} s for "
+                                         "this call ran out")
                     tally.sent += 1
                     answer = self._attempt(data, headers, key, attempt.retry_state.attempt_number,
-                                           require_choices)
+                                           require_choices, tally)
         except RetryError as exc:
             failure = exc.last_attempt.exception()
             assert isinstance(failure, _Retryable)
             tries = exc.last_attempt.attempt_number
             kind = LLMResponseError if failure.bad_response else LLMError
+            late = (f" (the total timeout of {tally.total_timeout:g} s ran out)"
+                    if tally.remaining() <= 0 else "")
             raise kind(
-                f"gave up after {tries} attempt{'s' if tries != 1 else ''}: {failure.description}"
+                f"gave up after {tries} attempt{'s' if tries != 1 else ''}{late}: "
+                f"{failure.description}"
             ) from None
         return answer
 
@@ -298,45 +327,68 @@ class LLMClient:
                     state.attempt_number, self.config.max_retries + 1, failure, delay)
 
     def _attempt(self, data: bytes, headers: dict[str, str], key: str | None, attempt: int,
-                 require_choices: bool) -> _Answer:
+                 require_choices: bool, tally: _Tally) -> _Answer:
         """One HTTP attempt: send, record in the outbox, interpret."""
         url = self.config.chat_url
+        if self.outbox is not None:
+            self.outbox.check_writable()  # nothing leaves unrecorded
         started = now_utc()
         t0 = time.perf_counter()
+        record = dict(url=url, attempt=attempt, data=data, started=started, t0=t0,
+                      sources=tally.sources)
         try:
-            status, resp_headers, raw, complete = self._send(url, data, headers, key)
+            status, resp_headers, raw, complete = self._send(url, data, headers, key, tally)
         except (_Retryable, LLMError) as exc:
-            self._record(url, attempt, data, started, t0, status=None, text=None,
-                         bytes_received=0, error=str(exc))
+            self._record(**record, status=None, text=None, bytes_received=0, error=str(exc))
             raise
         text = _redact(raw.decode("utf-8", errors="replace"), key)
-        self._record(url, attempt, data, started, t0, status=status, text=text,
-                     bytes_received=len(raw), error=None)
+        self._record(**record, status=status, text=text, bytes_received=len(raw), error=None)
         if not complete:
             raise LLMResponseError(
                 f"the answer from {url} is larger than max_response_bytes="
                 f"{self.config.max_response_bytes}; raise the limit if this is expected"
             )
-        return self._interpret(url, status, resp_headers, raw, text, require_choices)
+        return self._interpret(url, status, resp_headers, raw, text, require_choices, key)
 
-    def _send(self, url: str, data: bytes, headers: dict[str, str], key: str | None
-              ) -> tuple[int, Mapping[str, str], bytes, bool]:
-        """POST and read the body (bounded); map transport failures to our exceptions."""
+    def _send(self, url: str, data: bytes, headers: dict[str, str], key: str | None,
+              tally: _Tally) -> tuple[int, Mapping[str, str], bytes, bool]:
+        """POST and read the body (bounded in size and time); map transport failures to our
+        exceptions."""
+        budget = min(self.config.attempt_timeout, tally.remaining())
+        deadline = time.monotonic() + budget
+        which = ("attempt timeout" if budget < tally.remaining() else "total timeout")
         try:
-            resp = self._session.post(url, data=data, headers=headers, timeout=self.config.timeout,
-                                      allow_redirects=False, stream=True)
+            resp = self._session.post(
+                url, data=data, headers=headers, allow_redirects=False, stream=True,
+                timeout=(min(self.config.connect_timeout, budget),
+                         min(self.config.read_timeout, budget)))
             try:
                 limit = self.config.max_response_bytes
                 chunks: list[bytes] = []
                 size = 0
-                for chunk in resp.iter_content(chunk_size=64 * 1024):
+                while True:
+                    # read1 returns as soon as any bytes arrive, so the deadline is checked
+                    # between the bytes of a dripping answer, not only after 64 KiB of them.
+                    chunk = resp.raw.read1(64 * 1024)
+                    if not chunk:
+                        break
                     chunks.append(chunk)
                     size += len(chunk)
                     if size > limit:
                         return resp.status_code, resp.headers, b"".join(chunks), False
+                    if time.monotonic() > deadline:
+                        raise _Retryable(
+                            f"the answer from {url} was still arriving ({size} bytes) when the "
+                            f"{which} of {budget:g} s ran out")
                 return resp.status_code, resp.headers, b"".join(chunks), True
             finally:
                 resp.close()
+        except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError,
+                urllib3.exceptions.DecodeError) as exc:  # raised by resp.raw, not by requests
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+                raise _Retryable(f"no answer from {url} within the read timeout of "
+                                 f"{min(self.config.read_timeout, budget):g} s") from None
+            raise _Retryable(f"cannot reach {url}: {_describe(exc, key)}") from None
         except requests.Timeout as exc:
             connect = isinstance(exc, requests.ConnectTimeout)
             which = "connect" if connect else "read"
@@ -351,12 +403,12 @@ class LLMClient:
             raise LLMError(f"request to {url} failed: {_describe(exc, key)}") from None
 
     def _interpret(self, url: str, status: int, resp_headers: Mapping[str, str], raw: bytes,
-                   text: str, require_choices: bool) -> _Answer:
+                   text: str, require_choices: bool, key: str | None) -> _Answer:
         """Turn an HTTP answer into an _Answer, a retry, or an LLMError."""
         preview = _preview(text)
         if 200 <= status < 300:
             try:
-                answer = _parse_completion(raw)
+                answer = _parse_completion(raw, key)
             except _Malformed as exc:
                 raise _Retryable(
                     f"HTTP {status} from {url} is not a chat completion ({exc}); body: {preview}",
@@ -370,8 +422,9 @@ class LLMClient:
             raise _Retryable(f"HTTP {status} from {url}: {preview}",
                              retry_after=parse_retry_after(resp_headers.get("Retry-After")))
         if 300 <= status < 400:
+            location = _redact(_preview(resp_headers.get("Location", "?")), key)
             raise LLMError(
-                f"HTTP {status} from {url}: redirected to {resp_headers.get('Location', '?')}; "
+                f"HTTP {status} from {url}: redirected to {location} (not followed); "
                 "set base_url to the final address"
             )
         hint = ""
@@ -383,14 +436,14 @@ class LLMClient:
             hint = " (check base_url, which usually ends in /v1, and the model name)"
         raise LLMError(f"HTTP {status} from {url}: {_server_message(text)}{hint}")
 
-    def _record(self, url: str, attempt: int, data: bytes, started: datetime, t0: float, *,
-                status: int | None, text: str | None, bytes_received: int,
-                error: str | None) -> None:
+    def _record(self, url: str, attempt: int, data: bytes, started: datetime, t0: float,
+                sources: Sequence[str], *, status: int | None, text: str | None,
+                bytes_received: int, error: str | None) -> None:
         if self.outbox is None:
             return
         self.outbox.record(url=url, attempt=attempt, request=data, started=started, status=status,
                            response=text, bytes_received=bytes_received, error=error,
-                           elapsed_ms=(time.perf_counter() - t0) * 1000.0)
+                           elapsed_ms=(time.perf_counter() - t0) * 1000.0, sources=sources)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -421,8 +474,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds)
 
 
-def _parse_completion(raw: bytes) -> _Answer:
-    """Read texts, model and simulator flag from a chat completion body."""
+def _parse_completion(raw: bytes, key: str | None = None) -> _Answer:
+    """Read texts, model and simulator flag from a chat completion body (``key`` redacted)."""
     try:
         data = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -457,7 +510,7 @@ def _parse_completion(raw: bytes) -> _Answer:
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
     tokens = [t if _is_int(t) and t >= 0 else 0 for t in tokens]
-    return _Answer([content for _, content in indexed], model, simulated, *tokens)
+    return _Answer([_redact(content, key) for _, content in indexed], model, simulated, *tokens)
 
 
 def _messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -510,7 +563,18 @@ def _preview(text: str) -> str:
 
 
 def _redact(text: str, key: str | None) -> str:
-    return text.replace(key, REDACTED) if key and key in text else text
+    """``text`` with the key, and its URL-encoded forms, replaced by ``[REDACTED]``."""
+    if not key:
+        return text
+    for form in dict.fromkeys((key, urllib.parse.quote(key, safe=""),
+                               urllib.parse.quote_plus(key))):
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def _past(tally: _Tally) -> Callable[[RetryCallState], bool]:
+    """A tenacity stop condition: the call's total timeout ran out."""
+    return lambda state: tally.remaining() <= 0
 
 
 def _describe(exc: BaseException, key: str | None) -> str:

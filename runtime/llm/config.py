@@ -48,6 +48,12 @@ class LLMConfig:
             time; when unset or empty, no ``Authorization`` header is sent (local servers).
         connect_timeout: Seconds to wait for the TCP connection.
         read_timeout: Seconds to wait between bytes of the answer (requests' read timeout).
+        attempt_timeout: Most seconds one HTTP attempt may take, from connecting to the last
+            byte of the answer, however steadily the server drips bytes. An attempt cut off is
+            retried like a timeout.
+        total_timeout: Most seconds one :meth:`LLMClient.complete` call may take: every
+            attempt, retry, backoff wait and top-up call together. When it runs out, the call
+            fails with LLMError (or, during top-up calls, returns what it has).
         max_retries: Retries after the first attempt of one HTTP request (so at most
             ``max_retries + 1`` attempts). Retried: connection errors, timeouts, HTTP 429, HTTP
             5xx, and 200 answers that are not a usable completion.
@@ -65,6 +71,8 @@ class LLMConfig:
     api_key_env: str = DEFAULT_API_KEY_ENV
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    attempt_timeout: float = 120.0
+    total_timeout: float = 300.0
     max_retries: int = 3
     backoff_base: float = 0.5
     backoff_max: float = 20.0
@@ -82,7 +90,7 @@ class LLMConfig:
             raise InvalidInputError(
                 f"api_key_env must name an environment variable, got {self.api_key_env!r}"
             )
-        for name in ("connect_timeout", "read_timeout"):
+        for name in ("connect_timeout", "read_timeout", "attempt_timeout", "total_timeout"):
             _check_number(name, getattr(self, name), allow_zero=False)
         for name in ("backoff_base", "backoff_max", "max_retry_after"):
             _check_number(name, getattr(self, name), allow_zero=True)

@@ -15,13 +15,18 @@ sent to the LLM. The outbox lets the user see exactly that: one JSON line per HT
      "response_truncated": false,
      "error": null,                # what went wrong when there is no answer, else null
      "bytes_received": 456,        # full size of the answer body in bytes
-     "elapsed_ms": 12.3}
+     "elapsed_ms": 12.3,
+     "sources": ["r17", "r3"]}     # ids of the history records the prompt held (local only)
+
+When a history record is deleted, its text is replaced by :data:`ERASED` in every entry
+(:meth:`Outbox.erase`); such an entry keeps its time, url, status and byte counts, gets
+``"erased_records": n``, and its ``request`` is then no longer the exact wire bytes.
 
 Request headers are not recorded at all (so the ``Authorization`` header cannot leak); the
 client also replaces the API key by ``[REDACTED]`` should a server echo it in a body or error.
 
-Each record is written with one ``write`` on a file opened with ``O_APPEND`` and, by default,
-fsynced: an attempt is a network round trip, so the fsync costs little next to it, and the
+The outbox is written by the process that holds the user's store open. Each record is written
+with one ``write`` on a file opened with ``O_APPEND`` and, by default, fsynced: an attempt is a network round trip, so the fsync costs little next to it, and the
 ledger is meant to be trusted after a crash. If a crash tears the last line anyway, readers skip
 it (with a logged warning) and the next append starts on a fresh line.
 """
@@ -33,11 +38,13 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..paths import user_dir
+from ..errors import LLMError
+from ..paths import atomic_write_bytes, user_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,18 @@ RESPONSE_LIMIT = 64 * 1024
 """Answer bodies are recorded up to this many characters (``response_truncated`` says if cut)."""
 
 OUTBOX_FILENAME = "outbox.jsonl"
+ERASED = "[erased: a deleted history record]"
+"""What replaces a deleted record's text in the outbox."""
+
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    """One lock per outbox file in this process, shared by every Outbox object on it."""
+    key = Path(os.path.abspath(path))
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
 
 
 class Outbox:
@@ -61,7 +80,7 @@ class Outbox:
         self.path = Path(path)
         self.enabled = enabled
         self.fsync = fsync
-        self._lock = threading.Lock()
+        self._lock = _lock_for(self.path)
 
     @classmethod
     def for_user(cls, user_id: str, root: str | os.PathLike[str] | None = None,
@@ -73,7 +92,8 @@ class Outbox:
 
     def record(self, *, url: str, attempt: int, request: bytes, started: datetime,
                status: int | None, response: str | None, bytes_received: int,
-               error: str | None, elapsed_ms: float) -> dict[str, Any] | None:
+               error: str | None, elapsed_ms: float,
+               sources: Iterable[str] = ()) -> dict[str, Any] | None:
         """Append one attempt and return the record (``None`` when disabled).
 
         Args:
@@ -86,6 +106,7 @@ class Outbox:
             bytes_received: Size of the answer body in bytes.
             error: What went wrong, if no usable HTTP answer arrived.
             elapsed_ms: Wall time of the attempt in milliseconds.
+            sources: Ids of the history records the prompt held.
         """
         if not self.enabled:
             return None
@@ -102,17 +123,34 @@ class Outbox:
             "error": error,
             "bytes_received": bytes_received,
             "elapsed_ms": round(elapsed_ms, 3),
+            "sources": list(sources),
         }
         self.append(rec)
         return rec
 
+    def check_writable(self) -> None:
+        """Raise LLMError if records could not be appended (the directory is gone).
+
+        The client calls it before sending, so that nothing leaves unrecorded.
+        """
+        if self.enabled and not self.path.parent.is_dir():
+            raise LLMError(
+                f"the outbox directory {self.path.parent} does not exist (was the user "
+                "forgotten?); nothing was sent"
+            )
+
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record as a JSON line (no-op when disabled)."""
+        """Append one record as a JSON line (no-op when disabled).
+
+        Raises:
+            LLMError: if the outbox's directory does not exist (it is never created here, so
+                that a forgotten user's directory does not come back).
+        """
         if not self.enabled:
             return
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.check_writable()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.chmod(self.path, 0o600)  # also tightens a file created by someone else
@@ -123,6 +161,41 @@ class Outbox:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def erase(self, texts_by_id: Mapping[str, str]) -> int:
+        """Replace deleted records' texts by :data:`ERASED` in every entry; return how many
+        entries changed.
+
+        An entry changes where one of the texts appears in its request or response, or where
+        it lists the record among its ``sources``; if such a request holds none of the text
+        verbatim (it was cut short or reformatted in the prompt), its whole message text is
+        replaced. The file is rewritten atomically.
+        """
+        fragments = {rid: _fragments(text) for rid, text in texts_by_id.items()}
+        with self._lock:
+            try:
+                raw_lines = self.path.read_bytes().splitlines()
+            except FileNotFoundError:
+                return 0
+            out, changed = [], 0
+            for raw in raw_lines:
+                try:
+                    rec = json.loads(raw)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    rec = None
+                if not isinstance(rec, dict):
+                    # A torn line cannot be parsed, so it cannot be partly kept: drop it if it
+                    # holds deleted text, else keep it as it was.
+                    if not any(_contains_raw(raw, f) for fs in fragments.values() for f in fs):
+                        out.append(raw)
+                    continue
+                if _erase_from(rec, fragments):
+                    changed += 1
+                out.append(json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode())
+            if changed or len(out) != len(raw_lines):
+                data = b"".join(line + b"\n" for line in out)
+                atomic_write_bytes(self.path, data)
+            return changed
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -217,6 +290,79 @@ def format_record(record: dict[str, Any], *, bodies: bool = False, width: int = 
 def _cut(text: object, width: int) -> str:
     s = "" if text is None else str(text)
     return s if len(s) <= width else s[: max(width - 1, 0)] + "…"
+
+
+def _fragments(text: str) -> list[str]:
+    """The forms in which a record's text may appear in a prompt, longest first."""
+    forms = {text.strip(), " ".join(text.split())}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def _escaped(fragment: str) -> list[str]:
+    """``fragment`` as it appears inside a JSON string (both ``ensure_ascii`` settings)."""
+    return list(dict.fromkeys(json.dumps(fragment, ensure_ascii=a)[1:-1] for a in (False, True)))
+
+
+def _contains_raw(raw: bytes, fragment: str) -> bool:
+    return any(e.encode() in raw for e in _escaped(fragment)) or fragment.encode() in raw
+
+
+def _replace_all(text: str, fragments: list[str], escaped: bool) -> tuple[str, bool]:
+    found = False
+    for fragment in fragments:
+        for form in _escaped(fragment) if escaped else [fragment]:
+            if form in text:
+                text, found = text.replace(form, ERASED), True
+    return text, found
+
+
+def _erase_from(rec: dict[str, Any], fragments: Mapping[str, list[str]]) -> bool:
+    """Erase the records in ``fragments`` from one outbox entry; True if it changed."""
+    sources = rec.get("sources") if isinstance(rec.get("sources"), list) else []
+    request = rec.get("request") if isinstance(rec.get("request"), str) else ""
+    try:
+        body = json.loads(request)
+        messages = body.get("messages") if isinstance(body, dict) else None
+    except ValueError:
+        body, messages = None, None
+    if not isinstance(messages, list):
+        messages = []
+    erased = 0
+    for record_id, forms in fragments.items():
+        hit = False
+        for message in messages:
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                message["content"], found = _replace_all(message["content"], forms, False)
+                hit |= found
+        if not messages:  # not a chat body we can parse: work on the JSON text itself
+            request, found = _replace_all(request, forms, True)
+            hit |= found
+        if record_id in sources and not hit:
+            for message in messages:
+                if isinstance(message, dict) and "content" in message:
+                    message["content"] = ERASED
+            if not messages:
+                request = ERASED
+            hit = True
+        if isinstance(rec.get("response"), str):
+            rec["response"], found = _replace_all(rec["response"], forms, True)
+            hit |= found
+        if isinstance(rec.get("error"), str):
+            rec["error"], found = _replace_all(rec["error"], forms, True)
+            hit |= found
+        if hit:
+            erased += 1
+            if record_id in sources:
+                sources.remove(record_id)
+    if not erased:
+        return False
+    if messages:
+        request = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    rec["request"] = request
+    if "sources" in rec:
+        rec["sources"] = sources
+    rec["erased_records"] = int(rec.get("erased_records") or 0) + erased
+    return True
 
 
 def _ends_torn(fd: int) -> bool:

@@ -134,9 +134,19 @@ class Task:
             raise InvalidInputError(
                 f"{self.name}: profile item {item.get('id', '?')!r} lacks field(s) {missing}; "
                 f"items of this task need {needed}")
-        text = "\n\n".join(str(item[k]) for k in self.text_fields)
+        record_id = item["id"]
+        if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
+            raise InvalidInputError(
+                f"{self.name}: a profile item's id must be a string or an integer, got "
+                f"{type(record_id).__name__}")
+        wrong = [k for k in self.text_fields if not isinstance(item[k], str)]
+        if wrong:
+            raise InvalidInputError(
+                f"{self.name}: profile item {record_id!r}: field(s) {wrong} must be text, got "
+                f"{', '.join(type(item[k]).__name__ for k in wrong)}")
+        text = "\n\n".join(item[k] for k in self.text_fields)
         fields = {k: v for k, v in item.items() if k not in RESERVED_KEYS}
-        return Record(id=str(item["id"]), text=text, fields=fields,
+        return Record(id=str(record_id), text=text, fields=fields,
                       timestamp=parse_timestamp(item.get("timestamp", item.get("date"))))
 
     def records_from_profile(self, items: Iterable[Mapping[str, Any]]) -> list[Record]:
@@ -461,7 +471,7 @@ def _parse_rating(text: str, bounds: tuple[float, float]) -> float | None:
 def _to_float(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
 

@@ -203,4 +203,10 @@ def _read_json(path: str | Path) -> Any:
     except FileNotFoundError:
         raise InvalidInputError(f"LaMP file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path} is not valid JSON: {exc}") from None
+        raise InvalidInputError(f"{path} is not valid JSON (in UTF-8): {exc}") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise InvalidInputError(f"{path} is not readable JSON: {exc}") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{path} is a directory, not a LaMP file") from None

@@ -1,0 +1,119 @@
+"""How a history store answers a search: which records to score, then exact cosine scores.
+
+HNSW finds candidates and every hit is then scored exactly from the vector SQLite holds, so an
+approximate index never changes a score, only (rarely) which records are found:
+
+* no filter: the graph's ``k`` nearest, or an exact scan when ``k`` reaches the record count;
+* a dict filter: its matching labels come from the ``item_fields`` index; up to
+  :data:`EXACT_SEARCH_MAX` of them (or ``k``) are scanned exactly, more are searched in the
+  graph restricted to them;
+* a callable filter: tried on the ``2k + 8`` nearest records first (most filters pass most
+  records), then inside the graph search (hnswlib's ``filter``), then by an exact scan if the
+  graph yields fewer than ``k``.
+
+Each strategy returns labels; :func:`hits` turns them into scored, sorted :class:`Hit` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .hnsw_index import VectorIndex
+from .records import Hit, Record
+from .store_db import RecordDB, record_of
+
+EXACT_SEARCH_MAX = 1000
+"""A dict filter matching at most this many records is answered by an exact scan."""
+
+
+def search_all(db: RecordDB, index: VectorIndex, q: np.ndarray, k: int) -> list[int]:
+    """Labels of the ``k`` records nearest to ``q``."""
+    if db.count == 0:
+        return []
+    if k < db.count:
+        found = index.search(q, k)
+        if found is not None:
+            return [int(label) for label in found[0]]
+    return exact_top(q, k, db.vector_chunks())
+
+
+def search_matching(db: RecordDB, index: VectorIndex, q: np.ndarray, k: int,
+                    filter: Mapping[str, Any]) -> list[int]:
+    """Labels of the ``k`` records nearest to ``q`` among those whose fields match ``filter``."""
+    labels = db.labels_matching(filter)
+    if len(labels) > max(k, EXACT_SEARCH_MAX):
+        allowed = set(labels)
+        found = index.search(q, k, allowed.__contains__)
+        if found is not None:
+            return [int(label) for label in found[0]]
+    return exact_top(q, k, db.vector_chunks(labels))
+
+
+def search_predicate(db: RecordDB, index: VectorIndex, q: np.ndarray, k: int,
+                     predicate: Callable[[Record], bool]) -> list[int]:
+    """Labels of the ``k`` records nearest to ``q`` among those ``predicate`` accepts."""
+    if db.count == 0:
+        return []
+    if k < db.count:
+        found = index.search(q, min(db.count, 2 * k + 8))
+        if found is not None:
+            labels = [int(label) for label in found[0]]
+            rows = db.rows_by("label", labels, "label, id, text, fields, timestamp")
+            passing = [label for label in labels
+                       if label in rows and predicate(record_of(*rows[label][1:]))]
+            if len(passing) >= k:
+                return passing[:k]  # the nearest k that pass: hnswlib returns nearest first
+        verdicts: dict[int, bool] = {}
+        errors: list[BaseException] = []
+
+        def allowed(label: int) -> bool:  # called by hnswlib for each candidate label
+            if errors:
+                return False
+            if label not in verdicts:
+                try:
+                    record = db.record_at(label)
+                    verdicts[label] = record is not None and bool(predicate(record))
+                except BaseException as exc:  # re-raised below, not inside hnswlib
+                    errors.append(exc)
+                    return False
+            return verdicts[label]
+
+        found = index.search(q, k, allowed)
+        if errors:
+            raise errors[0]
+        if found is not None:
+            return [int(label) for label in found[0]]
+    # Fewer than k matches reachable in the graph: score every matching record exactly.
+    return exact_top(q, k, db.vector_chunks(predicate=predicate))
+
+
+def exact_top(q: np.ndarray, k: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+              ) -> list[int]:
+    """Labels of the k best cosine scores over ``(labels, vectors)`` chunks."""
+    best_labels = np.empty(0, dtype=np.int64)
+    best_scores = np.empty(0, dtype=np.float32)
+    for labels, vectors in chunks:
+        scores = (vectors @ q) / np.linalg.norm(vectors, axis=1)
+        best_labels = np.concatenate([best_labels, labels])
+        best_scores = np.concatenate([best_scores, scores])
+        if len(best_labels) > k:
+            keep = np.argpartition(-best_scores, k - 1)[:k]
+            best_labels, best_scores = best_labels[keep], best_scores[keep]
+    return [int(label) for label in best_labels]
+
+
+def hits(db: RecordDB, labels: list[int], q: np.ndarray, k: int) -> list[Hit]:
+    """Hits for ``labels``, scored exactly (float64) and sorted by score, then label."""
+    rows = db.rows_by("label", labels, "label, id, text, fields, timestamp, embedding")
+    present = [label for label in labels if label in rows]  # a foreign delete may race
+    if not present:
+        return []
+    vectors = db.decode([rows[label][5] for label in present])
+    v64 = vectors.astype(np.float64)
+    q64 = q.astype(np.float64)
+    scores = (v64 @ q64) / (np.linalg.norm(v64, axis=1) * np.linalg.norm(q64))
+    order = sorted(range(len(present)), key=lambda i: (-scores[i], present[i]))[:k]
+    return [Hit(record_of(*rows[present[i]][1:5]), float(scores[i]), vectors[i]) for i in order]
