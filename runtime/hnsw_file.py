@@ -21,6 +21,8 @@ and its upper-level lists (``level * (4 + 4 * maxM)`` bytes).
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,7 @@ class Header:
         return HEADER_SIZE
 
 
-def parse_header(data: bytes) -> Header:
+def parse_header(data: bytes | mmap.mmap) -> Header:
     """The header of an index file's bytes (no checks beyond its length)."""
     if len(data) < HEADER_SIZE:
         raise IndexFileError(f"the file has {len(data)} bytes, shorter than hnswlib's header")
@@ -105,7 +107,11 @@ def read(path: str | Path, dim: int | None = None, M: int | None = None,
     Raises:
         IndexFileError: on anything hnswlib could misread; OSError if the file is unreadable.
     """
-    data = Path(path).read_bytes()
+    with open(path, "rb") as fh:  # mapped, not read: an index can be hundreds of MB
+        size = os.fstat(fh.fileno()).st_size
+        if size < HEADER_SIZE:
+            raise IndexFileError(f"the file has {size} bytes, shorter than hnswlib's header")
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     h = parse_header(data)
     if h.offset_level0 != 0:
         raise IndexFileError(f"offsetLevel0 is {h.offset_level0}, not 0")

@@ -650,3 +650,11 @@ def test_outbox_for_user(tmp_path: Path) -> None:
     outbox = Outbox.for_user("alice", root=tmp_path)
     assert outbox.path == tmp_path / "users" / "alice" / "outbox.jsonl"
     assert stat.S_IMODE((tmp_path / "users" / "alice").stat().st_mode) == 0o700
+
+
+def test_a_gzip_encoded_answer_is_decoded(server: FaultServer) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps(chat_body(["zipped"])).encode())
+    server.default = Reply(200, body, {"Content-Encoding": "gzip"})
+    assert make_client(server.url).complete("p").texts == ["zipped"]

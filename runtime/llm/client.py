@@ -369,7 +369,7 @@ class LLMClient:
                 while True:
                     # read1 returns as soon as any bytes arrive, so the deadline is checked
                     # between the bytes of a dripping answer, not only after 64 KiB of them.
-                    chunk = resp.raw.read1(64 * 1024)
+                    chunk = resp.raw.read1(64 * 1024, decode_content=True)
                     if not chunk:
                         break
                     chunks.append(chunk)
