@@ -219,3 +219,17 @@ def test_read_only_commands_do_not_create_users(run) -> None:
         assert result.exit_code != 0
         assert "no user 'ghost'" in result.output
     assert not (run.home / "users" / "ghost").exists()
+
+
+def test_forget_refuses_while_the_user_is_open(run) -> None:
+    from fake_encoder import HashingEncoder, sample_items
+
+    from hydrahead.runtime.store import HistoryStore
+
+    with HistoryStore.for_user("held", encoder=HashingEncoder(16), root=run.home) as store:
+        store.add(sample_items(3))
+        result = run("forget", "--yes", "held", ok=False)
+        assert result.exit_code != 0 and "already open" in result.output
+        assert len(store) == 3  # still there, still usable
+    assert "forgot held" in run("forget", "--yes", "held").output
+    assert not (run.home / "users" / "held").exists()
