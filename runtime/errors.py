@@ -65,3 +65,7 @@ class LLMError(HydraheadError):
 
 class LLMResponseError(LLMError):
     """The LLM endpoint answered, but with something that is not a usable completion."""
+
+
+class LLMBudgetError(LLMError):
+    """A request was not sent because the request budget it draws on is spent."""

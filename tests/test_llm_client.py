@@ -65,6 +65,14 @@ def assert_ledger_matches(outbox: Outbox, server: FaultServer) -> list[dict[str,
     return records
 
 
+def assert_ledger_holds(outbox: Outbox, server: FaultServer) -> None:
+    """Every attempt the server saw is in the ledger, byte for byte (concurrent extra calls may
+    reach the server and the ledger in different orders)."""
+    records = list(outbox.records())
+    assert sorted(r["request"].encode("utf-8") for r in records) == sorted(
+        c.body for c in server.captured)
+
+
 def seed_echo(max_choices: int | None = None) -> Any:
     """A deterministic server: up to ``max_choices`` (or n) choices named after seed and index."""
 
@@ -372,16 +380,19 @@ def test_fewer_choices_are_topped_up(server: FaultServer, outbox: Outbox) -> Non
     assert out.texts == ["seed=7 choice=0", "seed=7 choice=1", "seed=8 choice=0",
                          "seed=8 choice=1", "seed=9 choice=0"]
     assert out.requests_sent == 3 == server.hits
-    assert [(c.json()["n"], c.json()["seed"]) for c in server.captured] == [(5, 7), (3, 8), (1, 9)]
-    assert_ledger_matches(outbox, server)
+    # The remainder at the 2 choices this server gives per call: (2, 8) and (1, 9), together.
+    assert sorted((c.json()["n"], c.json()["seed"]) for c in server.captured) == [
+        (1, 9), (2, 8), (5, 7)]
+    assert_ledger_holds(outbox, server)
 
 
 def test_server_that_runs_dry_returns_what_came_back(server: FaultServer,
                                                      outbox: Outbox) -> None:
-    server.script(chat_reply(["one", "two"]), chat_reply([]))
+    server.script(chat_reply(["one", "two"]))
+    server.default = chat_reply([])
     out = make_client(server.url, outbox).complete("p", n=5, seed=3)
-    assert out.texts == ["one", "two"] and out.requests_sent == 2 == server.hits
-    assert_ledger_matches(outbox, server)
+    assert out.texts == ["one", "two"] and out.requests_sent == 3 == server.hits
+    assert_ledger_holds(outbox, server)
 
 
 def test_failing_extra_call_returns_what_came_back(server: FaultServer, tmp_path: Path) -> None:
@@ -389,13 +400,13 @@ def test_failing_extra_call_returns_what_came_back(server: FaultServer, tmp_path
     server.default = Reply(500, "gone")
     with ResponseCache(tmp_path / "c.sqlite") as cache:
         client = make_client(server.url, cache=cache, max_retries=1)
-        out = client.complete("p", n=3, seed=3)
-        assert out.texts == ["one"] and out.requests_sent == 3 == server.hits
+        out = client.complete("p", n=3, seed=3)  # two extra calls, each tried twice
+        assert out.texts == ["one"] and out.requests_sent == 5 == server.hits
         assert len(cache) == 0  # a transient failure must not become the cached answer
         server.default = seed_echo()
         server.script(chat_reply(["one"]))
         again = client.complete("p", n=3, seed=3)
-        assert again.texts == ["one", "seed=4 choice=0", "seed=4 choice=1"] and len(cache) == 1
+        assert again.texts == ["one", "seed=4 choice=0", "seed=5 choice=0"] and len(cache) == 1
         assert client.complete("p", n=3, seed=3).cached
 
 
@@ -405,9 +416,9 @@ def test_server_ignoring_n_gets_repeated_calls_with_new_seeds(server: FaultServe
     out = make_client(server.url, outbox).complete("p", n=4, seed=100)
     assert out.texts == [f"seed={s} choice=0" for s in (100, 101, 102, 103)]
     assert len(set(out.texts)) == 4
-    assert [(c.json()["n"], c.json()["seed"]) for c in server.captured] == [
-        (4, 100), (3, 101), (2, 102), (1, 103)]
-    assert_ledger_matches(outbox, server)
+    assert sorted((c.json()["n"], c.json()["seed"]) for c in server.captured) == [
+        (1, 101), (1, 102), (1, 103), (4, 100)]
+    assert_ledger_holds(outbox, server)
 
 
 def test_extra_calls_are_bounded(server: FaultServer) -> None:
@@ -481,11 +492,20 @@ def test_corrupt_cache_file_is_reported(tmp_path: Path) -> None:
     assert path.read_bytes() == b"this is not a database" * 100  # left as it was
 
 
-def test_cache_key_ignores_nothing_but_is_canonical() -> None:
-    a = ResponseCache.key("http://h/v1", {"model": "m", "n": 1, "seed": 2})
-    b = ResponseCache.key("http://h/v1", {"seed": 2, "n": 1, "model": "m"})
-    c = ResponseCache.key("http://other/v1", {"model": "m", "n": 1, "seed": 2})
-    assert a == b != c and len(a) == 64
+def test_cache_key_is_what_the_llm_sees_canonically() -> None:
+    a = ResponseCache.key({"model": "m", "n": 1, "seed": 2})
+    b = ResponseCache.key({"seed": 2, "n": 1, "model": "m"})
+    c = ResponseCache.key({"model": "other", "n": 1, "seed": 2})
+    d = ResponseCache.key({"model": "m", "n": 1, "seed": 3})
+    assert a == b and len({a, c, d}) == 3 and len(a) == 64
+
+
+def test_the_same_model_on_another_port_answers_from_the_cache(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        for expected_hits in (1, 0):  # a new server (new random port) each time
+            with FaultServer(default=chat_reply(["x"])) as s:
+                assert make_client(s.url, cache=cache).complete("p", seed=1).texts == ["x"]
+                assert s.hits == expected_hits
 
 
 # -- the API key never leaves the Authorization header --------------------------------------------
@@ -658,3 +678,88 @@ def test_a_gzip_encoded_answer_is_decoded(server: FaultServer) -> None:
     body = gzip.compress(json.dumps(chat_body(["zipped"])).encode())
     server.default = Reply(200, body, {"Content-Encoding": "gzip"})
     assert make_client(server.url).complete("p").texts == ["zipped"]
+
+
+# -- concurrency, budgets, token limits -----------------------------------------------------------
+
+
+def test_extra_calls_go_out_together_and_bounded(server: FaultServer) -> None:
+    in_flight, peak, lock = [0], [0], __import__("threading").Lock()
+
+    def slow_single(req: Captured) -> Reply:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.2)
+        with lock:
+            in_flight[0] -= 1
+        return chat_reply([f"seed={req.json().get('seed')}"])
+
+    server.default = slow_single
+    out = make_client(server.url, max_concurrency=3).complete("p", n=8, seed=10)
+    assert out.texts == [f"seed={s}" for s in range(10, 18)]  # call order, not finish order
+    assert out.requests_sent == 8
+    assert peak[0] == 3  # seven extra calls, at most three at once
+
+
+def test_request_budget_caps_what_is_sent(server: FaultServer) -> None:
+    from hydrahead.runtime.errors import LLMBudgetError
+    from hydrahead.runtime.llm import RequestBudget
+
+    server.default = seed_echo(max_choices=1)
+    budget = RequestBudget(3)
+    client = make_client(server.url)
+    out = client.complete("p", n=5, seed=1, budget=budget)
+    assert len(out.texts) == 3 and server.hits == 3 == budget.sent  # the cap, not n
+    with pytest.raises(LLMBudgetError):
+        client.complete("q", seed=2, budget=budget)
+    assert server.hits == 3  # nothing more was sent
+
+
+def truncated_reply(texts_and_reasons: list[tuple[str, str]]) -> Reply:
+    body = chat_body([t for t, _ in texts_and_reasons])
+    for choice, (_, reason) in zip(body["choices"], texts_and_reasons):
+        choice["finish_reason"] = reason
+    return Reply(200, body)
+
+
+@pytest.mark.parametrize("policy, texts", [("drop", ["whole"]), ("keep", ["whole", "cut sh"])])
+def test_choices_cut_at_the_token_limit(server: FaultServer, policy: str, texts: list) -> None:
+    server.default = truncated_reply([("whole", "stop"), ("cut sh", "length")])
+    out = make_client(server.url, on_truncated=policy, max_extra_calls=0).complete("p", n=2)
+    assert out.texts == texts and out.truncated == 1
+
+
+def test_all_choices_cut_is_an_error_not_an_empty_answer(server: FaultServer) -> None:
+    server.default = truncated_reply([("cut", "length")])
+    with pytest.raises(LLMResponseError, match="cut at the token limit"):
+        make_client(server.url).complete("p", max_tokens=5)
+    assert server.hits == 1  # asking again would be cut again
+    with pytest.raises(LLMResponseError, match="cut at the token limit"):
+        make_client(server.url, on_truncated="error").complete("p")
+
+
+def test_max_completion_tokens_servers(server: FaultServer) -> None:
+    def newer_model(req: Captured) -> Reply:
+        if "max_tokens" in req.json():
+            return error_reply(400, "Unsupported parameter: 'max_tokens' is not supported with "
+                                    "this model. Use 'max_completion_tokens' instead.")
+        return chat_reply([f"limit={req.json()['max_completion_tokens']}"])
+
+    server.default = newer_model
+    client = make_client(server.url)
+    assert client.complete("p", max_tokens=7).texts == ["limit=7"]
+    assert client.complete("q", max_tokens=9).texts == ["limit=9"]  # remembered: one request
+    assert server.hits == 3
+    configured = make_client(server.url, max_tokens_field="max_completion_tokens")
+    assert configured.complete("p").texts == ["limit=64"] and server.hits == 4
+
+
+def test_token_usage_is_in_the_ledger(server: FaultServer, outbox: Outbox) -> None:
+    server.default = chat_reply(["a", "b"])
+    out = make_client(server.url, outbox).complete("p", n=2)
+    (rec,) = outbox.records()
+    assert rec["usage"] == {"prompt_tokens": 1, "completion_tokens": 2}
+    assert (out.prompt_tokens, out.completion_tokens) == (1, 2)
+    summary = outbox.summary()
+    assert (summary["prompt_tokens"], summary["completion_tokens"]) == (1, 2)

@@ -8,8 +8,8 @@ The offline simulator lives in ``hydrahead.runtime.llm.offline`` (imported on de
 from __future__ import annotations
 
 from .cache import ResponseCache
-from .client import Completion, LLMClient
+from .client import Completion, LLMClient, RequestBudget
 from .config import LLMConfig
 from .outbox import Outbox
 
-__all__ = ["Completion", "LLMClient", "LLMConfig", "Outbox", "ResponseCache"]
+__all__ = ["Completion", "LLMClient", "LLMConfig", "Outbox", "RequestBudget", "ResponseCache"]

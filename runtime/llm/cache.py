@@ -1,8 +1,9 @@
 """A disk cache of LLM answers, so a repeated deterministic request costs nothing.
 
-One SQLite file (owner-only, 0600). The key is the sha256 of the canonical JSON of
-``[base_url, request_body]`` -- the body as the client builds it (model, messages, n,
-temperature, max_tokens, seed), which never contains the API key. The value is the list of
+One SQLite file (owner-only, 0600). The key is the sha256 of the canonical JSON of the
+request body as the client builds it (model, messages, n, temperature, max_tokens, seed):
+what the LLM sees, and not where it is served (the same model behind another port or host
+answers from the same entries). The body never contains the API key. The value is the list of
 texts that came back, the model that answered, whether it was the offline simulator, and when
 it was stored. Beside each entry, the ids of the history records its prompt held (the
 ``sources`` the client was told), so that deleting a record drops the answers that came from it
@@ -118,11 +119,9 @@ class ResponseCache:
             raise
 
     @staticmethod
-    def key(base_url: str, body: Mapping[str, Any]) -> str:
-        """The cache key of a request: sha256 hex of canonical JSON of ``[base_url, body]``."""
-        canonical = json.dumps(
-            [base_url, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+    def key(body: Mapping[str, Any]) -> str:
+        """The cache key of a request: sha256 hex of the canonical JSON of its body."""
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> CachedResponse | None:

@@ -19,11 +19,21 @@ What it does on top of a bare POST:
   ``total_timeout`` a whole :meth:`LLMClient.complete` call, retries, backoff and top-ups
   included.
 * **n candidates.** Many servers return fewer choices than ``n`` (Ollama and llama.cpp ignore
-  it). The client then asks again for the remainder, at most ``max_extra_calls`` times, call
-  ``i`` with ``seed + i`` so that a deterministic server gives different samples (without a seed
-  the extra calls carry none and rely on sampling). It stops early when an extra call brings
-  nothing or fails, and returns what it has: never more than ``n`` texts, possibly fewer.
-  An empty choice list on the *first* call counts as a bad answer and is retried.
+  it). When the first answer brings ``c < n`` choices, the client sends the extra calls that the
+  remainder needs at ``c`` choices each, **concurrently** (at most ``max_concurrency`` in flight,
+  ``max_extra_calls`` in all), call ``i`` with ``seed + i`` so that a deterministic server gives
+  different samples (without a seed the extra calls carry none and rely on sampling). Their
+  texts are joined in call order, so the result does not depend on which finished first. It
+  stops when an extra call brings nothing or fails, and returns what it has: never more than
+  ``n`` texts, possibly fewer. An empty choice list on the *first* call counts as a bad answer
+  and is retried.
+* **Budgets.** ``complete(..., budget=RequestBudget(100))`` draws every HTTP attempt (retries
+  and extra calls included) from a cap shared by many calls and threads; an attempt the budget
+  cannot pay for is not sent (:class:`~hydrahead.runtime.errors.LLMBudgetError`).
+* **Token limit.** ``finish_reason == "length"`` choices are dropped, kept or refused
+  (``on_truncated``); the limit goes in ``max_tokens`` or ``max_completion_tokens``
+  (``max_tokens_field``; a server that rejects one while naming the other gets the other).
+* **Thread safety.** One client may be shared by threads (a ``requests.Session`` per thread).
 * **Cache.** With a :class:`~hydrahead.runtime.llm.cache.ResponseCache`, a request is answered
   from disk when it was seen before, and stored after it succeeds, *if* its answer is meant to be
   reproducible: ``seed`` given or ``temperature == 0``. An unseeded sampling request is never
@@ -49,8 +59,10 @@ import email.utils
 import json
 import logging
 import math
+import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
@@ -69,9 +81,9 @@ from tenacity import (
 )
 
 from ... import __version__
-from ..errors import InvalidInputError, LLMError, LLMResponseError
+from ..errors import InvalidInputError, LLMBudgetError, LLMError, LLMResponseError
 from .cache import ResponseCache
-from .config import LLMConfig
+from .config import TOKEN_FIELDS, LLMConfig
 from .outbox import Outbox, now_utc
 
 log = logging.getLogger(__name__)
@@ -99,6 +111,8 @@ class Completion:
         prompt_tokens: Prompt tokens the server reported, summed over the requests sent (0 when
             cached or not reported).
         completion_tokens: Completion tokens, likewise.
+        truncated: Choices the server cut at the token limit (dropped or kept, per
+            ``LLMConfig.on_truncated``; 0 when cached).
     """
 
     texts: list[str]
@@ -108,6 +122,7 @@ class Completion:
     simulated: bool
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,42 @@ class _Answer:
     simulated: bool
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated: int = 0
+
+
+class RequestBudget:
+    """A cap on HTTP requests sent, shared by many :meth:`LLMClient.complete` calls and threads.
+
+    Args:
+        limit: Most requests to send (cache hits cost nothing).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if not _is_int(limit) or limit < 0:
+            raise InvalidInputError(f"a request budget must be an integer >= 0, got {limit!r}")
+        self.limit = limit
+        self._sent = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Pay for one request; False (and nothing paid) when the budget is spent."""
+        with self._lock:
+            if self._sent >= self.limit:
+                return False
+            self._sent += 1
+            return True
+
+    @property
+    def sent(self) -> int:
+        """Requests paid for so far."""
+        return self._sent
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - self._sent
+
+    def __repr__(self) -> str:
+        return f"RequestBudget({self._sent} of {self.limit} sent)"
 
 
 class _Retryable(Exception):
@@ -136,14 +187,29 @@ class _Malformed(ValueError):
     """A 2xx body that is not a chat completion."""
 
 
-class _Tally:
-    """One ``complete`` call's HTTP attempts (retries and extra calls) and its deadline."""
+class _WrongTokenField(Exception):
+    """The server rejected the token-limit field while naming the other one."""
 
-    def __init__(self, total_timeout: float, sources: Sequence[str]) -> None:
+
+class _Tally:
+    """One ``complete`` call's HTTP attempts (retries and extra calls), deadline and budget."""
+
+    def __init__(self, total_timeout: float, sources: Sequence[str],
+                 budget: RequestBudget | None) -> None:
         self.sent = 0
         self.total_timeout = total_timeout
         self.deadline = time.monotonic() + total_timeout
         self.sources = sources
+        self.budget = budget
+        self._lock = threading.Lock()
+
+    def count(self) -> None:
+        """Count one attempt, paying for it from the budget first."""
+        if self.budget is not None and not self.budget.take():
+            raise LLMBudgetError(
+                f"the request budget ({self.budget.limit} requests) is spent; not sent")
+        with self._lock:
+            self.sent += 1
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -157,8 +223,9 @@ class LLMClient:
         cache: Response cache, or None to always ask the server.
         outbox: Ledger that records every attempt, or None to record nothing.
 
-    The client keeps one ``requests.Session`` (connection reuse); close it with :meth:`close`
-    or use the client as a context manager. Use one client per thread.
+    The client keeps a ``requests.Session`` per thread (connection reuse) and a small thread
+    pool for concurrent extra calls; close them with :meth:`close` or use the client as a
+    context manager. A client may be shared by threads.
     """
 
     def __init__(self, config: LLMConfig, *, cache: ResponseCache | None = None,
@@ -168,10 +235,11 @@ class LLMClient:
         self.config = config
         self.cache = cache
         self.outbox = outbox
-        self._session = requests.Session()
-        self._session.headers.update(
-            {"User-Agent": f"hydrahead/{__version__}", "Accept": "application/json"}
-        )
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._token_field = config.max_tokens_field
         # base * 2**(attempt - 1), plus up to ``base`` of jitter; capped in _wait.
         self._backoff = (wait_exponential(multiplier=config.backoff_base, max=config.backoff_max)
                          + wait_random(0, config.backoff_base))
@@ -180,7 +248,8 @@ class LLMClient:
 
     def complete(self, prompt: str | Sequence[Mapping[str, Any]], *, n: int = 1,
                  temperature: float = 1.0, max_tokens: int = 64, seed: int | None = None,
-                 sources: Sequence[str] = ()) -> Completion:
+                 sources: Sequence[str] = (), budget: RequestBudget | None = None
+                 ) -> Completion:
         """Ask for ``n`` completions of ``prompt``.
 
         Args:
@@ -191,12 +260,14 @@ class LLMClient:
             seed: Sampling seed; a seeded request is cacheable.
             sources: Ids of the history records ``prompt`` holds (kept with the outbox and
                 cache entries so that deleting a record erases it there; never sent).
+            budget: A request cap shared with other calls; every attempt is paid from it.
 
         Returns:
             The candidates with where they came from.
 
         Raises:
             InvalidInputError: for a malformed prompt or parameter.
+            LLMBudgetError: if ``budget`` could not pay for the first request.
             LLMResponseError: if the server answered but never with a usable completion.
             LLMError: if the server could not be reached or refused the request.
         """
@@ -204,44 +275,93 @@ class LLMClient:
         if isinstance(sources, (str, bytes)) or not all(isinstance(s, str) for s in sources):
             raise InvalidInputError("sources must be a list of record ids (strings)")
         cacheable = self.cache is not None and (seed is not None or body["temperature"] == 0)
-        key = ResponseCache.key(self.config.base_url, body) if cacheable else None
+        key = ResponseCache.key(body) if cacheable else None
         if key is not None and self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 return Completion(hit.texts[:n], True, 0, hit.model, hit.simulated)
 
-        tally = _Tally(self.config.total_timeout, list(sources))
+        tally = _Tally(self.config.total_timeout, list(sources), budget)
         first = self._request(body, require_choices=True, tally=tally)
         texts = first.texts[:n]
-        tokens = [first.prompt_tokens, first.completion_tokens]
+        answers = [first]
         extra = 0
         interrupted = False  # an extra call failed: a retry later may get more, so do not cache
+        per_call = max(len(first.texts), 1)  # what this server gives per call
         while len(texts) < n and extra < self.config.max_extra_calls:
-            extra += 1
-            more = dict(body, n=n - len(texts))
-            if seed is not None:
-                more["seed"] = seed + extra
-            try:
-                answer = self._request(more, require_choices=False, tally=tally)
-            except LLMError as exc:
-                log.warning("extra LLM call %d failed; returning %d of %d candidates: %s",
-                            extra, len(texts), n, exc)
-                interrupted = True
+            # One wave: enough calls for the remainder at ``per_call`` choices each.
+            wanted = n - len(texts)
+            calls = min(-(-wanted // per_call), self.config.max_extra_calls - extra)
+            bodies = []
+            for i in range(calls):
+                more = dict(body, n=min(per_call, wanted - i * per_call))
+                if seed is not None:
+                    more["seed"] = seed + extra + i + 1
+                bodies.append(more)
+            extra += calls
+            results = self._extra_calls(bodies, tally)
+            ran_dry = False
+            for i, result in enumerate(results):
+                if isinstance(result, LLMError):
+                    log.warning("extra LLM call %d failed; returning %d of %d candidates: %s",
+                                extra - calls + i + 1, len(texts), n, result)
+                    interrupted = True
+                    break
+                answers.append(result)
+                ran_dry |= len(result.texts) < bodies[i]["n"]
+                texts.extend(result.texts[: n - len(texts)])
+            if interrupted or ran_dry:
                 break
-            tokens = [tokens[0] + answer.prompt_tokens, tokens[1] + answer.completion_tokens]
-            if not answer.texts:
-                break
-            texts.extend(answer.texts[: n - len(texts)])
 
         model = first.model or self.config.model
         if key is not None and self.cache is not None and not interrupted:
             self.cache.put(key, texts, model=model, simulated=first.simulated,
                            sources=tally.sources)
-        return Completion(texts, False, tally.sent, model, first.simulated, *tokens)
+        return Completion(texts, False, tally.sent, model, first.simulated,
+                          sum(a.prompt_tokens for a in answers),
+                          sum(a.completion_tokens for a in answers),
+                          sum(a.truncated for a in answers))
+
+    def _extra_calls(self, bodies: list[dict[str, Any]], tally: _Tally
+                     ) -> list[_Answer | LLMError]:
+        """Send extra calls concurrently; each result (or its LLMError) in call order."""
+        def one(extra_body: dict[str, Any]) -> _Answer | LLMError:
+            try:
+                return self._request(extra_body, require_choices=False, tally=tally)
+            except LLMError as exc:
+                return exc
+
+        if len(bodies) == 1:
+            return [one(bodies[0])]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.config.max_concurrency,
+                                                thread_name_prefix="hydrahead-llm")
+        return list(self._pool.map(one, bodies))
 
     def close(self) -> None:
-        """Close the HTTP session (the cache and outbox belong to the caller)."""
-        self._session.close()
+        """Close the HTTP sessions and the extra-call pool (the cache and outbox belong to the
+        caller)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            sessions, self._sessions = self._sessions, []
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for session in sessions:
+            session.close()
+
+    @property
+    def _session(self) -> requests.Session:
+        """This thread's HTTP session (requests does not promise a shared one is safe)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(
+                {"User-Agent": f"hydrahead/{__version__}", "Accept": "application/json"})
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
 
     def __enter__(self) -> LLMClient:
         return self
@@ -272,7 +392,7 @@ class LLMClient:
             "messages": _messages(prompt),
             "n": n,
             "temperature": float(temperature),  # 0 and 0.0 must be the same request (cache key)
-            "max_tokens": max_tokens,
+            self._token_field: max_tokens,
         }
         if seed is not None:
             body["seed"] = seed
@@ -280,6 +400,19 @@ class LLMClient:
 
     def _request(self, body: dict[str, Any], *, require_choices: bool, tally: _Tally) -> _Answer:
         """POST ``body`` with retries; return the parsed answer or raise LLMError."""
+        try:
+            return self._request_once(body, require_choices=require_choices, tally=tally)
+        except _WrongTokenField:
+            other = next(f for f in TOKEN_FIELDS if f in body)
+            field = next(f for f in TOKEN_FIELDS if f != other)
+            log.warning("%s refused %r and asked for %r: using %r from now on",
+                        self.config.chat_url, other, field, field)
+            self._token_field = field
+            swapped = {(field if k == other else k): v for k, v in body.items()}
+            return self._request_once(swapped, require_choices=require_choices, tally=tally)
+
+    def _request_once(self, body: dict[str, Any], *, require_choices: bool, tally: _Tally
+                      ) -> _Answer:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         key = self.config.api_key()
         headers = {"Content-Type": "application/json"}
@@ -297,9 +430,9 @@ class LLMClient:
                     if tally.remaining() <= 0:
                         raise _Retryable(f"the total timeout of {tally.total_timeout:g} s for "
                                          "this call ran out")
-                    tally.sent += 1
+                    tally.count()
                     answer = self._attempt(data, headers, key, attempt.retry_state.attempt_number,
-                                           require_choices, tally)
+                                           require_choices, tally, body)
         except RetryError as exc:
             failure = exc.last_attempt.exception()
             assert isinstance(failure, _Retryable)
@@ -327,7 +460,7 @@ class LLMClient:
                     state.attempt_number, self.config.max_retries + 1, failure, delay)
 
     def _attempt(self, data: bytes, headers: dict[str, str], key: str | None, attempt: int,
-                 require_choices: bool, tally: _Tally) -> _Answer:
+                 require_choices: bool, tally: _Tally, body: Mapping[str, Any]) -> _Answer:
         """One HTTP attempt: send, record in the outbox, interpret."""
         url = self.config.chat_url
         if self.outbox is not None:
@@ -342,13 +475,14 @@ class LLMClient:
             self._record(**record, status=None, text=None, bytes_received=0, error=str(exc))
             raise
         text = _redact(raw.decode("utf-8", errors="replace"), key)
-        self._record(**record, status=status, text=text, bytes_received=len(raw), error=None)
+        self._record(**record, status=status, text=text, bytes_received=len(raw), error=None,
+                     usage=_usage(raw) if complete and 200 <= status < 300 else None)
         if not complete:
             raise LLMResponseError(
                 f"the answer from {url} is larger than max_response_bytes="
                 f"{self.config.max_response_bytes}; raise the limit if this is expected"
             )
-        return self._interpret(url, status, resp_headers, raw, text, require_choices, key)
+        return self._interpret(url, status, resp_headers, raw, text, require_choices, key, body)
 
     def _send(self, url: str, data: bytes, headers: dict[str, str], key: str | None,
               tally: _Tally) -> tuple[int, Mapping[str, str], bytes, bool]:
@@ -403,12 +537,13 @@ class LLMClient:
             raise LLMError(f"request to {url} failed: {_describe(exc, key)}") from None
 
     def _interpret(self, url: str, status: int, resp_headers: Mapping[str, str], raw: bytes,
-                   text: str, require_choices: bool, key: str | None) -> _Answer:
+                   text: str, require_choices: bool, key: str | None,
+                   body: Mapping[str, Any]) -> _Answer:
         """Turn an HTTP answer into an _Answer, a retry, or an LLMError."""
         preview = _preview(text)
         if 200 <= status < 300:
             try:
-                answer = _parse_completion(raw, key)
+                answer, cut = _parse_completion(raw, key)
             except _Malformed as exc:
                 raise _Retryable(
                     f"HTTP {status} from {url} is not a chat completion ({exc}); body: {preview}",
@@ -417,7 +552,7 @@ class LLMClient:
             if require_choices and not answer.texts:
                 raise _Retryable(f"HTTP {status} from {url} returned no choices; body: {preview}",
                                  bad_response=True)
-            return answer
+            return self._truncation_policy(answer, cut, url, body)
         if status == 429 or 500 <= status < 600:
             raise _Retryable(f"HTTP {status} from {url}: {preview}",
                              retry_after=parse_retry_after(resp_headers.get("Retry-After")))
@@ -427,6 +562,12 @@ class LLMClient:
                 f"HTTP {status} from {url}: redirected to {location} (not followed); "
                 "set base_url to the final address"
             )
+        message = _server_message(text)
+        if status == 400:
+            used = next((f for f in TOKEN_FIELDS if f in body), None)
+            other = next((f for f in TOKEN_FIELDS if f != used), None)
+            if used and other and other in text and self._token_field == used:
+                raise _WrongTokenField(message)
         hint = ""
         if status in (401, 403):
             hint = (f" (check the API key in ${self.config.api_key_env})"
@@ -434,16 +575,37 @@ class LLMClient:
                     f" (no API key was sent: ${self.config.api_key_env} is not set)")
         elif status == 404:
             hint = " (check base_url, which usually ends in /v1, and the model name)"
-        raise LLMError(f"HTTP {status} from {url}: {_server_message(text)}{hint}")
+        raise LLMError(f"HTTP {status} from {url}: {message}{hint}")
+
+    def _truncation_policy(self, answer: _Answer, cut: list[bool], url: str,
+                           body: Mapping[str, Any]) -> _Answer:
+        """Apply ``on_truncated`` to the choices the server cut at the token limit."""
+        if not any(cut):
+            return answer
+        limit = next((body[f] for f in TOKEN_FIELDS if f in body), "?")
+        policy = self.config.on_truncated
+        if policy == "error" or (policy == "drop" and all(cut)):
+            raise LLMResponseError(
+                f"{sum(cut)} of {len(cut)} choice(s) from {url} were cut at the token limit "
+                f"({limit}; finish_reason 'length'); raise max_tokens, or set on_truncated="
+                "'keep' to use cut answers")
+        texts = answer.texts if policy == "keep" else [
+            t for t, c in zip(answer.texts, cut) if not c]
+        log.info("%d of %d choice(s) were cut at the token limit (%s): %s", sum(cut), len(cut),
+                 limit, "kept" if policy == "keep" else "dropped")
+        return _Answer(texts, answer.model, answer.simulated, answer.prompt_tokens,
+                       answer.completion_tokens, sum(cut))
 
     def _record(self, url: str, attempt: int, data: bytes, started: datetime, t0: float,
                 sources: Sequence[str], *, status: int | None, text: str | None,
-                bytes_received: int, error: str | None) -> None:
+                bytes_received: int, error: str | None,
+                usage: Mapping[str, int] | None = None) -> None:
         if self.outbox is None:
             return
         self.outbox.record(url=url, attempt=attempt, request=data, started=started, status=status,
                            response=text, bytes_received=bytes_received, error=error,
-                           elapsed_ms=(time.perf_counter() - t0) * 1000.0, sources=sources)
+                           elapsed_ms=(time.perf_counter() - t0) * 1000.0, sources=sources,
+                           usage=usage)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -474,8 +636,22 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds)
 
 
-def _parse_completion(raw: bytes, key: str | None = None) -> _Answer:
-    """Read texts, model and simulator flag from a chat completion body (``key`` redacted)."""
+def _usage(raw: bytes) -> dict[str, int] | None:
+    """The token counts an answer reports (``usage``), or None."""
+    try:
+        usage = json.loads(raw).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(usage, dict):
+        return None
+    counts = {k: usage[k] for k in ("prompt_tokens", "completion_tokens")
+              if _is_int(usage.get(k)) and usage[k] >= 0}
+    return counts or None
+
+
+def _parse_completion(raw: bytes, key: str | None = None) -> tuple[_Answer, list[bool]]:
+    """Read texts, model and simulator flag from a chat completion body (``key`` redacted),
+    and which choices were cut at the token limit."""
     try:
         data = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -485,7 +661,7 @@ def _parse_completion(raw: bytes, key: str | None = None) -> _Answer:
     choices = data.get("choices")
     if not isinstance(choices, list):
         raise _Malformed("no 'choices' list")
-    indexed: list[tuple[int, str]] = []
+    indexed: list[tuple[int, str, bool]] = []
     for pos, choice in enumerate(choices):
         if not isinstance(choice, dict):
             raise _Malformed(f"choice {pos} is not an object")
@@ -501,7 +677,8 @@ def _parse_completion(raw: bytes, key: str | None = None) -> _Answer:
         if not isinstance(content, str):
             raise _Malformed(f"choice {pos} content is {type(content).__name__}, not a string")
         index = choice.get("index")
-        indexed.append((index if _is_int(index) else pos, content))
+        indexed.append((index if _is_int(index) else pos, content,
+                        choice.get("finish_reason") == "length"))
     indexed.sort(key=lambda item: item[0])  # stable: keeps server order on ties
     model = data.get("model") if isinstance(data.get("model"), str) else None
     fingerprint = data.get("system_fingerprint")
@@ -510,7 +687,9 @@ def _parse_completion(raw: bytes, key: str | None = None) -> _Answer:
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
     tokens = [t if _is_int(t) and t >= 0 else 0 for t in tokens]
-    return _Answer([_redact(content, key) for _, content in indexed], model, simulated, *tokens)
+    answer = _Answer([_redact(content, key) for _, content, _ in indexed], model, simulated,
+                     *tokens)
+    return answer, [cut for _, _, cut in indexed]
 
 
 def _messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

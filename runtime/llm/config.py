@@ -35,6 +35,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_SAFE = re.compile(r"^[\x20-\x7e]+$")
 
 
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+ON_TRUNCATED = ("drop", "keep", "error")
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """Endpoint, model, timeouts and retry policy of an OpenAI-compatible LLM server.
@@ -64,6 +68,15 @@ class LLMConfig:
         max_extra_calls: At most this many additional requests per :meth:`LLMClient.complete`
             when the server returns fewer choices than asked for.
         max_response_bytes: Answers larger than this are refused (LLMResponseError).
+        max_concurrency: Most requests in flight at once: top-up calls of one
+            :meth:`LLMClient.complete`, and the labelling requests of a fit.
+        max_tokens_field: The body field that carries the token limit: ``"max_tokens"`` (most
+            servers) or ``"max_completion_tokens"`` (newer OpenAI models refuse the other). A
+            server that rejects the configured one while naming the other is asked again with
+            it, once per client.
+        on_truncated: What to do with a choice the server cut at the token limit
+            (``finish_reason == "length"``): ``"drop"`` it (default; an answer with every choice
+            cut raises LLMResponseError), ``"keep"`` it, or raise (``"error"``).
     """
 
     base_url: str
@@ -79,6 +92,9 @@ class LLMConfig:
     max_retry_after: float = 60.0
     max_extra_calls: int = 8
     max_response_bytes: int = 8 * 1024 * 1024
+    max_concurrency: int = 8
+    max_tokens_field: str = "max_tokens"
+    on_truncated: str = "drop"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", _check_base_url(self.base_url))
@@ -97,6 +113,13 @@ class LLMConfig:
         for name in ("max_retries", "max_extra_calls"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("max_response_bytes", self.max_response_bytes, minimum=1)
+        _check_int("max_concurrency", self.max_concurrency, minimum=1)
+        if self.max_tokens_field not in TOKEN_FIELDS:
+            raise InvalidInputError(
+                f"max_tokens_field must be one of {TOKEN_FIELDS}, got {self.max_tokens_field!r}")
+        if self.on_truncated not in ON_TRUNCATED:
+            raise InvalidInputError(
+                f"on_truncated must be one of {ON_TRUNCATED}, got {self.on_truncated!r}")
 
     @classmethod
     def from_env(cls, base_url: str | None = None, model: str | None = None, **options: object

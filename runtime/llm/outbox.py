@@ -16,7 +16,8 @@ sent to the LLM. The outbox lets the user see exactly that: one JSON line per HT
      "error": null,                # what went wrong when there is no answer, else null
      "bytes_received": 456,        # full size of the answer body in bytes
      "elapsed_ms": 12.3,
-     "sources": ["r17", "r3"]}     # ids of the history records the prompt held (local only)
+     "sources": ["r17", "r3"],     # ids of the history records the prompt held (local only)
+     "usage": {"prompt_tokens": 310, "completion_tokens": 24}}  # as the server reported, or null
 
 When a history record is deleted, its text is replaced by :data:`ERASED` in every entry
 (:meth:`Outbox.erase`); such an entry keeps its time, url, status and byte counts, gets
@@ -93,7 +94,8 @@ class Outbox:
     def record(self, *, url: str, attempt: int, request: bytes, started: datetime,
                status: int | None, response: str | None, bytes_received: int,
                error: str | None, elapsed_ms: float,
-               sources: Iterable[str] = ()) -> dict[str, Any] | None:
+               sources: Iterable[str] = (),
+               usage: Mapping[str, int] | None = None) -> dict[str, Any] | None:
         """Append one attempt and return the record (``None`` when disabled).
 
         Args:
@@ -107,6 +109,7 @@ class Outbox:
             error: What went wrong, if no usable HTTP answer arrived.
             elapsed_ms: Wall time of the attempt in milliseconds.
             sources: Ids of the history records the prompt held.
+            usage: Token counts the server reported for this answer.
         """
         if not self.enabled:
             return None
@@ -124,6 +127,7 @@ class Outbox:
             "bytes_received": bytes_received,
             "elapsed_ms": round(elapsed_ms, 3),
             "sources": list(sources),
+            "usage": dict(usage) if usage else None,
         }
         self.append(rec)
         return rec
@@ -215,8 +219,8 @@ class Outbox:
         """Totals over the ledger: counts, bytes, time span and unreadable lines."""
         out: dict[str, Any] = {
             "path": str(self.path), "enabled": self.enabled, "records": 0, "answered_2xx": 0,
-            "failed": 0, "bytes_sent": 0, "bytes_received": 0, "first": None, "last": None,
-            "unreadable_lines": 0,
+            "failed": 0, "bytes_sent": 0, "bytes_received": 0, "prompt_tokens": 0,
+            "completion_tokens": 0, "first": None, "last": None, "unreadable_lines": 0,
         }
         for rec in self._scan():
             if rec is None:
@@ -230,6 +234,10 @@ class Outbox:
                 out["failed"] += 1
             out["bytes_sent"] += int(rec.get("bytes_sent") or 0)
             out["bytes_received"] += int(rec.get("bytes_received") or 0)
+            usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
+            for name in ("prompt_tokens", "completion_tokens"):
+                if isinstance(usage.get(name), int):
+                    out[name] += usage[name]
             out["first"] = out["first"] or rec.get("time")
             out["last"] = rec.get("time")
         return out

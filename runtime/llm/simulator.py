@@ -58,6 +58,7 @@ import json
 import math
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -296,6 +297,7 @@ class _Request:
     max_tokens: int | None
     seed: int | None
     digest: bytes = field(repr=False, default=b"")
+    model: str = SIMULATOR_MODEL
 
 
 class SimulatedLLM:
@@ -323,8 +325,8 @@ class SimulatedLLM:
         return {
             "id": "chatcmpl-sim-" + req.digest.hex()[:24],
             "object": "chat.completion",
-            "created": 0,  # a pure function of the request has no clock
-            "model": SIMULATOR_MODEL,
+            "created": int(time.time()),  # the answer is a function of the request; this is not
+            "model": req.model,  # the name asked for, as servers do; system_fingerprint says sim
             "system_fingerprint": SIMULATOR_FINGERPRINT,
             "choices": [{"index": i, "message": {"role": "assistant", "content": t},
                          "logprobs": None, "finish_reason": "stop"}
@@ -461,7 +463,10 @@ def _read_request(body: Mapping[str, Any]) -> _Request:
                             "n": n, "temperature": float(temperature), "max_tokens": max_tokens,
                             "seed": seed}, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(canonical.encode("utf-8")).digest()
-    return _Request(prompt, n, float(temperature), max_tokens, seed, digest)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        model = SIMULATOR_MODEL
+    return _Request(prompt, n, float(temperature), max_tokens, seed, digest, model)
 
 
 def _content_text(content: Any, index: int) -> str:
