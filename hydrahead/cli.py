@@ -149,7 +149,8 @@ def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
 @cli.command()
 @click.argument("user_id")
 @click.option("--task", help="Task (default: the one the history was imported with).")
-@click.option("--budget", default=200, show_default=True, help="Most LLM calls to spend.")
+@click.option("--budget", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Most HTTP requests to send to the LLM (cached answers are free).")
 @with_llm
 @pass_ctx
 def fit(

@@ -30,9 +30,11 @@ the top ``m`` reranked records (adapter); nothing else leaves the device.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,8 +46,8 @@ from .adapter_features import (
     candidate_features,
     distinct_candidates,
 )
-from .errors import InvalidInputError
-from .llm.client import LLMClient
+from .errors import InvalidInputError, LLMBudgetError
+from .llm.client import LLMClient, RequestBudget
 from .records import Record
 from .reranker_features import reranker_features
 from .store import HistoryStore
@@ -158,22 +160,27 @@ def query_seed(text: str, seed: int = 0) -> int:
 
 @dataclass
 class _Counter:
+    """Totals over a labeller's LLM calls (thread-safe: calls run concurrently)."""
+
     calls: int = 0
     cached: int = 0
     simulated: bool = False
     sent: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def complete(self, llm: LLMClient, prompt: str, **kwargs: object) -> list[str]:
         c = llm.complete(prompt, **kwargs)  # type: ignore[arg-type]
-        self.calls += 1
-        self.cached += int(c.cached)
-        self.simulated = self.simulated or c.simulated
-        self.sent += c.requests_sent
-        self.prompt_tokens += c.prompt_tokens
-        self.completion_tokens += c.completion_tokens
+        with self._lock:
+            self.calls += 1
+            self.cached += int(c.cached)
+            self.simulated = self.simulated or c.simulated
+            self.sent += c.requests_sent
+            self.prompt_tokens += c.prompt_tokens
+            self.completion_tokens += c.completion_tokens
         return c.texts
+
 
 
 @dataclass(frozen=True)
@@ -210,8 +217,25 @@ class _Query:
     counts: Counter[str]  # answers of the records before it (labels)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One labelling request: ``query`` with the records at ``examples`` in the prompt."""
+
+    prompt: str
+    query: _Query
+    examples: Sequence[int]
+    n: int
+    temperature: float
+
+
 class Labeler:
-    """Makes HYDRA's training labels for one user, spending at most ``budget`` LLM calls.
+    """Makes HYDRA's training labels for one user, sending at most ``budget`` HTTP requests.
+
+    The requests of each phase are planned first and then sent concurrently (``concurrency``
+    at a time); labels are computed from the answers in plan order, so they do not depend on
+    timing. The budget counts requests actually sent (retries and the extra calls a server that
+    ignores ``n`` needs included; cache hits are free) and is a hard cap: a request it cannot
+    pay for is not sent, and the queries from there on are left out.
 
     ``adapter_share`` of the budget goes to adapter labels (``1 + greedy`` calls per query), the
     rest to reranker labels (``items_per_query`` calls per query, plus one for the graded
@@ -224,7 +248,7 @@ class Labeler:
         store: The user's history store (records and their embeddings).
         task: Task that renders prompts and judges answers.
         llm: Client of the remote LLM.
-        budget: Maximum number of LLM calls.
+        budget: Most HTTP requests to send.
         k: Records retrieved per query (as ``ask()`` does).
         m: Records in the adapter's prompt.
         n_candidates: Samples asked for per prompt.
@@ -237,6 +261,7 @@ class Labeler:
         greedy: Ask for the greedy answer too (as ``ask()`` does).
         progress: Show progress bars.
         questions: Labelling queries besides the user's records, used first.
+        concurrency: Requests in flight at once (default: the client's ``max_concurrency``).
     """
 
     def __init__(
@@ -258,6 +283,7 @@ class Labeler:
         greedy: bool = True,
         progress: bool = True,
         questions: Sequence[Question] = (),
+        concurrency: int | None = None,
     ) -> None:
         if reranker_rule not in RERANKER_RULES:
             raise InvalidInputError(
@@ -277,6 +303,13 @@ class Labeler:
         reranker_cost = items_per_query + int(reranker_rule == "graded")
         n_adapter = int(budget * adapter_share) // adapter_cost
         n_reranker = (budget - n_adapter * adapter_cost) // reranker_cost
+        self.budget = budget
+        self._reranker_budget = budget - n_adapter * adapter_cost
+        if concurrency is None:
+            concurrency = llm.config.max_concurrency if llm is not None else 1
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInputError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        self.concurrency = concurrency
         self._load_history()
         asked = self._questions(questions)
         self._reranker_queries = (asked + self._latest(n_reranker))[:n_reranker]
@@ -335,14 +368,31 @@ class Labeler:
         return out
 
     # ------------------------------------------------------------------ requests
-    def _ask(self, prompt: str, query: _Query, examples: Sequence[int] = (), *, n: int,
-             temperature: float) -> list[str]:
-        """Send ``prompt`` (``query`` with the records at ``examples`` as its examples)."""
-        sources = ([query.id] if query.id is not None else []) + [
-            self.records[j].id for j in examples]
-        return self._counter.complete(
-            self.llm, prompt, n=n, temperature=temperature, max_tokens=self.max_tokens,
-            seed=query_seed(query.text, self.seed), sources=sources)
+    def _ask_all(self, requests: Sequence[_Request], budget: RequestBudget, desc: str
+                 ) -> list[list[str] | None]:
+        """Send ``requests`` (at most ``concurrency`` at once); their texts, in order.
+
+        A request the budget cannot pay for, and every request after it, gives None: the
+        labels come from the longest prefix of requests that were all answered, so that
+        which ones were cut does not depend on which finished first.
+        """
+        def one(request: _Request) -> list[str] | None:
+            q = request.query
+            sources = ([q.id] if q.id is not None else []) + [
+                self.records[j].id for j in request.examples]
+            try:
+                return self._counter.complete(
+                    self.llm, request.prompt, n=request.n, temperature=request.temperature,
+                    max_tokens=self.max_tokens, seed=query_seed(q.text, self.seed),
+                    sources=sources, budget=budget)
+            except LLMBudgetError:
+                return None
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="hydrahead-label") as pool:
+            results = list(tqdm(pool.map(one, requests), total=len(requests), desc=desc,
+                                unit="request", disable=not self.progress))
+        cut = next((i for i, r in enumerate(results) if r is None), len(results))
+        return results[:cut] + [None] * (len(results) - cut)
 
     def _quality(self, outputs: Sequence[str], gold: str) -> float:
         """Share of right outputs (labels, ratings), or their mean ROUGE (generation)."""
@@ -352,26 +402,35 @@ class Labeler:
     def reranker_labels(self) -> PairSet:
         """Labels for single records across the top-k depth (see the module docstring)."""
         rng = np.random.default_rng(self.seed)
-        found: list[tuple[_Query, list[int], list[float]]] = []
-        for q in tqdm(self._reranker_queries, desc="reranker labels", unit="query",
-                      disable=not self.progress):
+        sample = dict(n=self.n_candidates, temperature=self.temperature)
+        planned: list[tuple[_Query, list[int], list[int]]] = []  # query, picked, request indices
+        requests: list[_Request] = []
+        for q in self._reranker_queries:
             picked = _spread(len(q.hits), self.items_per_query, rng)
             if not picked:
                 continue
-            prompts = [self.task.render_prompt(q.text, [self.records[q.hits[j]]]) for j in picked]
-            shown = [[q.hits[j]] for j in picked]
+            first = len(requests)
+            if self.reranker_rule == "graded":  # the no-record baseline comes first
+                requests.append(_Request(self.task.render_prompt(q.text), q, (), **sample))
+            for j in picked:
+                prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]]])
+                requests.append(_Request(prompt, q, (q.hits[j],), **(
+                    dict(n=1, temperature=0.0) if self.reranker_rule == "binary" else sample)))
+            planned.append((q, picked, list(range(first, len(requests)))))
+        results = self._ask_all(requests, RequestBudget(self._reranker_budget),
+                                "reranker labels")
+        found: list[tuple[_Query, list[int], list[float]]] = []
+        for q, picked, indices in planned:
+            outs = [results[i] for i in indices]
+            if any(o is None for o in outs):
+                continue  # the budget ran out before this query was answered
             if self.reranker_rule == "binary":
-                outs = [(self._ask(p, q, e, n=1, temperature=0.0) or [""])[0]
-                        for p, e in zip(prompts, shown)]
-                found.append((q, picked, [float(y) for y in label_by_answer(self.task, outs,
+                answers = [(o or [""])[0] for o in outs]
+                found.append((q, picked, [float(y) for y in label_by_answer(self.task, answers,
                                                                             q.gold)]))
                 continue
-            sample = dict(n=self.n_candidates, temperature=self.temperature)
-            without = self._quality(self._ask(self.task.render_prompt(q.text), q, **sample),
-                                    q.gold)
-            deltas = [self._quality(self._ask(p, q, e, **sample), q.gold) - without
-                      for p, e in zip(prompts, shown)]
-            found.append((q, picked, deltas))
+            without = self._quality(outs[0], q.gold)
+            found.append((q, picked, [self._quality(o, q.gold) - without for o in outs[1:]]))
         if self.reranker_rule == "graded":
             top = max((abs(d) for _, _, ds in found for d in ds), default=0.0)
             found = [(q, p, [0.5 + 0.5 * d / top if top else 0.5 for d in ds])
@@ -389,19 +448,30 @@ class Labeler:
     # ------------------------------------------------------------------ adapter
     def adapter_labels(self, rerank: RerankFn, embed: EmbedFn) -> PairSet:
         """Labels for the LLM's candidates on reranked prompts, with their features."""
-        found = []
-        for q in tqdm(self._adapter_queries, desc="adapter labels", unit="query",
-                      disable=not self.progress):
+        planned = []
+        requests: list[_Request] = []
+        for q in self._adapter_queries:
             scores = rerank(q.text, q.vector, [self.records[j] for j in q.hits],
                             self.vectors[q.hits], q.scores)
             top = np.argsort(-scores, kind="stable")[: self.m]
             prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]] for j in top])
             shown = [q.hits[j] for j in top]
-            greedy = None
             if self.greedy:
-                greedy = (self._ask(prompt, q, shown, n=1, temperature=0.0) or [None])[0]
-            samples = self._ask(prompt, q, shown, n=self.n_candidates,
-                                temperature=self.temperature)
+                requests.append(_Request(prompt, q, shown, n=1, temperature=0.0))
+            requests.append(_Request(prompt, q, shown, n=self.n_candidates,
+                                     temperature=self.temperature))
+            planned.append((q, top))
+        # Whatever the reranker labels did not spend (it may have overspent its plan on a server
+        # that ignores n, or spent nothing when the cache answered).
+        results = iter(self._ask_all(
+            requests, RequestBudget(max(0, self.budget - self._counter.sent)), "adapter labels"))
+        found = []
+        for q, top in planned:
+            greedy_texts = next(results) if self.greedy else [None]
+            samples = next(results)
+            if greedy_texts is None or samples is None:
+                continue  # the budget ran out before this query was answered
+            greedy = (greedy_texts or [None])[0]
             candidates = distinct_candidates(greedy, samples)
             targets = self._candidate_targets(candidates, q.gold)
             if not candidates or targets is None:

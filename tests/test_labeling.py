@@ -88,3 +88,46 @@ def test_bad_options_are_refused(user_p, options) -> None:
     _, p, _ = user_p
     with pytest.raises(InvalidInputError):
         Labeler(p.store, p.task, p.llm, **options)
+
+
+def _pairs_signature(pairs) -> list:
+    return [(q.tobytes(), np.asarray(y).round(6).tolist()) for q, y in zip(pairs.queries,
+                                                                            pairs.labels)]
+
+
+def test_concurrent_labelling_gives_the_same_labels_as_serial(user_p) -> None:
+    _, p, server = user_p
+    made = []
+    for concurrency in (1, 8):
+        p.llm.cache.clear()
+        labeler = Labeler(p.store, p.task, p.llm, budget=60, progress=False,
+                          concurrency=concurrency)
+        reranker = labeler.reranker_labels()
+        adapter = labeler.adapter_labels(p.rerank_scores, p.encoder.encode)
+        made.append((_pairs_signature(reranker), _pairs_signature(adapter),
+                     labeler.summary(reranker, adapter).requests_sent))
+    assert made[0] == made[1] and made[0][2] == 60
+
+
+def test_the_budget_caps_requests_sent_to_a_server_that_ignores_n(
+    tmp_path: Path, bundle_dir: Path
+) -> None:
+    from fault_server import FaultServer, Reply
+
+    from hydrahead.runtime.llm.simulator import SimulatedLLM
+
+    simulator = SimulatedLLM()
+
+    def one_choice(req) -> Reply:  # like Ollama: n is ignored
+        body = simulator.complete(req.json())
+        body["choices"] = body["choices"][:1]
+        return Reply(200, body)
+
+    with FaultServer(default=one_choice) as server, Personalizer.open(
+        "lab", bundle=Bundle.open(bundle_dir), task="GIT_area",
+        llm=LLMConfig.from_env(base_url=server.url), root=tmp_path,
+    ) as p:
+        import_records(p.store, p.task, make_user(3)["history"])
+        summary = p.fit(budget=50, progress=False)
+        assert server.hits == summary.labels.requests_sent <= 50
+        assert summary.labels.adapter.n_pairs > 0  # the adapter's share was kept for it

@@ -1,0 +1,109 @@
+"""Wall time against a slow LLM server: concurrent extra calls and concurrent labelling.
+
+The server is the offline SIMULATOR behind a loopback HTTP server that waits ``LATENCY``
+seconds before each answer (a real endpoint takes 300-800 ms a request). Answers are the
+simulator's, so only the timings mean anything here.
+
+* **n candidates from a server that ignores n** (Ollama, many proxies): ``complete(n=8)`` needs
+  eight requests. Timed: the client as shipped (extra calls concurrent) and with
+  ``max_concurrency=1`` (one after another, as before), against one single request, interleaved
+  in the same run.
+* **fit(budget=100)**: the labelling requests of a whole fit, concurrent (the shipped default,
+  ``max_concurrency=8``) and one at a time, each round on a fresh user (no cache). Target:
+  <= 10 s wall at 300 ms a request.
+
+Run: ``python -m pytest bench/test_llm_bench.py --benchmark-only -s``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from statistics import median
+
+import pytest
+from fault_server import FaultServer, Reply
+from synthetic_users import make_user
+
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.importing import import_records
+from hydrahead.runtime.llm import LLMClient, LLMConfig
+from hydrahead.runtime.llm.simulator import SimulatedLLM
+from hydrahead.runtime.personalizer import Personalizer
+
+LATENCY = 0.3
+N = 8
+
+
+def slow_simulator(max_choices: int | None = None):
+    simulator = SimulatedLLM()
+
+    def answer(req) -> Reply:
+        body = simulator.complete(req.json())
+        if max_choices is not None:
+            body["choices"] = body["choices"][:max_choices]
+        return Reply(200, body, delay=LATENCY)
+
+    return answer
+
+
+def test_n_candidates_from_a_server_that_ignores_n(benchmark) -> None:
+    seeds = itertools.count()
+    with FaultServer(default=slow_simulator(max_choices=1)) as server:
+        concurrent = LLMClient(LLMConfig(server.url, "m"))
+        serial = LLMClient(LLMConfig(server.url, "m", max_concurrency=1))
+        single, one_by_one = [], []
+
+        def timed(client: LLMClient, n: int) -> float:
+            start = time.perf_counter()
+            out = client.complete("Which area? Fix the docs.", n=n, seed=next(seeds))
+            assert len(out.texts) == n
+            return time.perf_counter() - start
+
+        def references() -> None:  # run before every timed round, timed here
+            single.append(timed(concurrent, 1))
+            one_by_one.append(timed(serial, N))
+
+        benchmark.pedantic(lambda: concurrent.complete("Which area? Fix the docs.", n=N,
+                                                       seed=next(seeds)),
+                           setup=references, rounds=5, warmup_rounds=1)
+        concurrent.close()
+        serial.close()
+    shipped_s = benchmark.stats.stats.median
+    ref_single, ref_serial = median(single), median(one_by_one)
+    info = {
+        "latency_s": LATENCY, "n": N,
+        "concurrent_s": round(shipped_s, 3),
+        "one_by_one_s": round(ref_serial, 3),
+        "one_request_s": round(ref_single, 3),
+        "concurrent_vs_one_request": round(shipped_s / ref_single, 2),
+        "one_by_one_vs_one_request": round(ref_serial / ref_single, 2),
+    }
+    benchmark.extra_info.update(info)
+    print(json.dumps({"bench": "n_from_server_ignoring_n", **info}))
+
+
+@pytest.mark.parametrize("concurrency", [8, 1], ids=["concurrent", "one-at-a-time"])
+def test_fit_budget_100_against_a_slow_server(benchmark, bundle_dir: Path, tmp_path_factory,
+                                              concurrency: int) -> None:
+    bundle = Bundle.open(bundle_dir)
+    history = make_user(3)["history"]
+    users = itertools.count()
+    with FaultServer(default=slow_simulator()) as server:
+        def fit_fresh_user() -> None:
+            root = tmp_path_factory.mktemp("fit")
+            with Personalizer.open(f"u{next(users)}", bundle=bundle, task="GIT_area",
+                                   llm=LLMConfig(server.url, "m", max_concurrency=concurrency),
+                                   root=root) as p:
+                import_records(p.store, p.task, history)
+                summary = p.fit(budget=100, progress=False)
+                assert summary.labels.requests_sent == 100
+
+        benchmark.pedantic(fit_fresh_user, rounds=2 if concurrency > 1 else 1, warmup_rounds=0)
+    info = {"latency_s": LATENCY, "budget": 100, "concurrency": concurrency,
+            "history_records": len(history), "wall_s": round(benchmark.stats.stats.median, 2),
+            "target_s": 10.0}
+    benchmark.extra_info.update(info)
+    print(json.dumps({"bench": "fit_budget_100", **info}))
