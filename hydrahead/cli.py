@@ -28,6 +28,7 @@ from hydrahead.cli_common import (
     pass_ctx,
     with_llm,
 )
+from hydrahead.cli_bundle import bundle
 from hydrahead.cli_server import export, train
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -414,6 +415,7 @@ def _answer_dict(a: Any) -> dict[str, Any]:
 
 
 # The server-side commands (export, train) live in their own module.
+cli.add_command(bundle)
 cli.add_command(export)
 cli.add_command(train)
 

@@ -43,18 +43,29 @@ def export() -> None:
 @export.command("bundle")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
-def export_bundle(out: str, overwrite: bool) -> None:
+@click.option("--sign-key", type=click.Path(dir_okay=False, exists=True),
+              help="Sign the manifest with this key (from `hydrahead bundle keygen`).")
+def export_bundle(out: str, overwrite: bool, sign_key: str | None) -> None:
     """Export the int8 encoder and the shared bases into a bundle directory."""
-    from hydrahead.export.bundle import build_bundle
+    from hydrahead.export import missing_requirements
     from hydrahead.runtime.errors import HydraheadError
+
+    missing = missing_requirements()
+    if missing:
+        raise click.ClickException(
+            "exporting a bundle needs the exporter and the model weights: "
+            + " && ".join(missing))
+    from hydrahead.export.bundle import build_bundle
+    from hydrahead.runtime.bundle_signing import sign_bundle
 
     logging.getLogger("hydrahead").setLevel(logging.INFO)
     t0 = time.perf_counter()
     try:
         path = build_bundle(out, overwrite=overwrite)
+        signed = f", signed by key {sign_bundle(path, sign_key)}" if sign_key else ""
     except HydraheadError as exc:
         fail(exc)
-    click.echo(f"bundle written to {path} in {time.perf_counter() - t0:.1f} s")
+    click.echo(f"bundle written to {path} in {time.perf_counter() - t0:.1f} s{signed}")
 
 
 # ---------------------------------------------------------------------------- train

@@ -40,14 +40,18 @@ def ensure_bundle(bundle_dir: Path, echo: Callable[[str], None]) -> Bundle:
     """Open the bundle at ``bundle_dir``, building it first when there is none."""
     if (bundle_dir / "manifest.json").exists():
         return Bundle.open(bundle_dir)
-    echo(f"no bundle at {bundle_dir}: exporting one (int8 encoder + shared bases) ...")
-    try:
-        from hydrahead.export.bundle import build_bundle
-    except ImportError as exc:
+    from hydrahead.export import missing_requirements
+
+    missing = missing_requirements()
+    if missing:
         raise BundleError(
-            f"no bundle at {bundle_dir} and the exporter is not installed ({exc}); install "
-            "hydrahead[export] or point --bundle at a downloaded bundle"
-        ) from None
+            f"no bundle at {bundle_dir}. Get one with `hydrahead bundle pull SOURCE` (a URL, "
+            "directory or archive from the bundle's publisher), or install the exporter to "
+            f"build one here: {' && '.join(missing)}"
+        )
+    echo(f"no bundle at {bundle_dir}: exporting one (int8 encoder + shared bases) ...")
+    from hydrahead.export.bundle import build_bundle
+
     t0 = time.perf_counter()
     build_bundle(bundle_dir)
     echo(f"bundle built in {time.perf_counter() - t0:.1f} s")

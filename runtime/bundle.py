@@ -39,7 +39,8 @@ MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "hydrahead-bundle"
 FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20  # 1 MiB
-_REBUILD_HINT = "re-download the bundle or rebuild it with `hydrahead export bundle --out DIR`"
+_REBUILD_HINT = ("pull it again (`hydrahead bundle pull SOURCE`) or rebuild it with "
+                 "`hydrahead export bundle --out DIR`")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -99,13 +100,7 @@ class Bundle:
             ) from None
         except OSError as exc:
             raise BundleError(f"cannot read {manifest_path}: {exc}") from exc
-        try:
-            manifest = json.loads(manifest_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(
-                f"{manifest_path} is not valid JSON ({exc}); {_REBUILD_HINT}"
-            ) from None
-        _check_manifest(manifest, manifest_path)
+        manifest = check_manifest_bytes(manifest_bytes, manifest_path)
         bundle = cls(root, manifest, manifest_bytes)
         bundle.check_files(hashes=verify)
         return bundle
@@ -197,6 +192,9 @@ class Bundle:
         target.mkdir(parents=True)
         for name in [MANIFEST_NAME, *self.manifest["files"]]:
             shutil.copy2(self.root / name, target / name)
+        signature = self.root / "manifest.sig"  # bundle_signing.SIGNATURE_NAME
+        if signature.exists():
+            shutil.copy2(signature, target / signature.name)
         return Bundle.open(target)
 
     @staticmethod
@@ -288,6 +286,20 @@ def write_manifest(
     data = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
     atomic_write_bytes(root / MANIFEST_NAME, data, mode=0o644)
     return Bundle(root, manifest, data)
+
+
+def check_manifest_bytes(data: bytes, where: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and check a manifest (format, version, structure; not the files).
+
+    Raises:
+        BundleError: naming ``where`` and what is wrong.
+    """
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise BundleError(f"{where} is not valid JSON ({exc}); {_REBUILD_HINT}") from None
+    _check_manifest(manifest, Path(where))
+    return manifest
 
 
 def _check_manifest(manifest: Any, manifest_path: Path) -> None:

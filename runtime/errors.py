@@ -31,6 +31,10 @@ class BundleError(HydraheadError):
     """A model bundle is missing files, tampered with, truncated or of an unknown format."""
 
 
+class BundleSignatureError(BundleError):
+    """A bundle's signature is missing, invalid, or made by a key the app does not trust."""
+
+
 class ExportError(HydraheadError):
     """Exporting a model bundle failed (including its quality check)."""
 

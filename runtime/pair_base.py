@@ -238,9 +238,9 @@ class PairBase:
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except FileNotFoundError as exc:
-            raise BundleError(f"{where} does not exist; re-download the bundle") from exc
+            raise BundleError(f"{where} does not exist; pull the bundle again (`hydrahead bundle pull SOURCE`)") from exc
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-            raise BundleError(f"{where} is corrupt ({exc}); re-download the bundle") from exc
+            raise BundleError(f"{where} is corrupt ({exc}); pull the bundle again (`hydrahead bundle pull SOURCE`)") from exc
         missing = {"format", "format_version", "W", "b"} - set(arrays)
         if missing:
             raise BundleError(f"{where} lacks {sorted(missing)}; re-export the bundle")

@@ -113,7 +113,7 @@ def test_truncated_file_is_refused(bundle_copy: Path) -> None:
 
 def test_missing_file_is_refused(bundle_copy: Path) -> None:
     (bundle_copy / "tokenizer.json").unlink()
-    with pytest.raises(BundleError, match=r"'tokenizer\.json' is missing.*re-download"):
+    with pytest.raises(BundleError, match=r"'tokenizer\.json' is missing.*bundle pull"):
         Bundle.open(bundle_copy)
 
 

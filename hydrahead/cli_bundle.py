@@ -1,0 +1,138 @@
+"""``hydrahead bundle``: get a model bundle onto the device, check it, and (publishers) sign it.
+
+    hydrahead bundle pull https://example.org/bundles/v3 --key 5e1f...   # verify, install
+    hydrahead bundle verify                                             # hashes + signature
+    hydrahead bundle info --json
+    hydrahead bundle keygen --out keys/     # publisher: a signing key, prints the public key
+    hydrahead bundle sign DIR --key keys/bundle-signing.key
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from hydrahead.cli_common import Context, fail, pass_ctx
+
+key_option = click.option(
+    "--key", "keys", multiple=True,
+    help="A trusted publisher public key (64 hex digits; repeatable). Default: "
+         "$HYDRAHEAD_BUNDLE_KEYS.")
+
+
+@click.group()
+def bundle() -> None:
+    """The model bundle: pull, verify, info; keygen and sign for publishers."""
+
+
+@bundle.command("pull")
+@click.argument("source")
+@key_option
+@click.option("--allow-unsigned", is_flag=True,
+              help="Accept a bundle that is unsigned or signed by an unknown key.")
+@pass_ctx
+def bundle_pull(obj: Context, source: str, keys: tuple[str, ...], allow_unsigned: bool) -> None:
+    """Download (resumably), verify and install the bundle at SOURCE (URL, directory or
+    archive); the bundle in use is replaced only once the new one is complete and verified."""
+    from hydrahead.runtime.bundle_pull import pull_bundle
+    from hydrahead.runtime.errors import HydraheadError
+
+    try:
+        pulled = pull_bundle(source, obj.bundle_dir, keys=keys or None,
+                             allow_unsigned=allow_unsigned,
+                             progress=lambda line: click.echo(line, err=True))
+    except HydraheadError as exc:
+        fail(exc)
+    click.echo(f"bundle {pulled.fingerprint[:16]} installed at {obj.bundle_dir}")
+
+
+@bundle.command("verify")
+@key_option
+@click.option("--allow-unsigned", is_flag=True, help="Do not fail on a missing signature.")
+@pass_ctx
+def bundle_verify(obj: Context, keys: tuple[str, ...], allow_unsigned: bool) -> None:
+    """Check every file's sha256 and the manifest's signature."""
+    from hydrahead.runtime.bundle import Bundle
+    from hydrahead.runtime.bundle_signing import bundle_signature, require_trusted
+    from hydrahead.runtime.errors import HydraheadError
+
+    try:
+        opened = Bundle.open(obj.bundle_dir, verify=True)
+        status = bundle_signature(obj.bundle_dir, keys or None)
+        require_trusted(status, allow_unsigned, str(obj.bundle_dir))
+    except HydraheadError as exc:
+        fail(exc)
+    signed = (f"signed by trusted key {status.key_id}" if status.trusted
+              else f"NOT verified: {status.reason}")
+    click.echo(f"ok: {len(opened.manifest['files'])} files match the manifest; {signed}")
+
+
+@bundle.command("info")
+@key_option
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@pass_ctx
+def bundle_info(obj: Context, keys: tuple[str, ...], as_json: bool) -> None:
+    """What the bundle holds: models, files, when and by which version it was made, signer."""
+    from hydrahead.runtime.bundle import Bundle
+    from hydrahead.runtime.bundle_signing import bundle_signature
+    from hydrahead.runtime.errors import HydraheadError
+
+    try:
+        opened = Bundle.open(obj.bundle_dir, verify=False)
+        status = bundle_signature(obj.bundle_dir, keys or None)
+    except HydraheadError as exc:
+        fail(exc)
+    m = opened.manifest
+    info = {
+        "path": str(obj.bundle_dir), "fingerprint": opened.fingerprint,
+        "created": m.get("created"), "library_version": m.get("library_version"),
+        "models": {name: spec.get("kind") for name, spec in m["models"].items()},
+        "bytes": sum(e["bytes"] for e in m["files"].values()),
+        "signature": {"signed": status.signed, "key_id": status.key_id,
+                      "trusted": status.trusted, "reason": status.reason},
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"bundle {info['fingerprint'][:16]} at {info['path']}")
+    click.echo(f"  created {info['created']} by hydrahead {info['library_version']}, "
+               f"{info['bytes']:,} bytes")
+    for name, kind in info["models"].items():
+        click.echo(f"  model {name}: {kind}")
+    click.echo("  signature: " + (f"trusted key {status.key_id}" if status.trusted
+                                  else status.reason))
+
+
+@bundle.command("keygen")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the private key (owner-only).")
+def bundle_keygen(out: str) -> None:
+    """Publisher: make an ed25519 signing key; prints the public key apps should trust."""
+    from hydrahead.runtime.bundle_signing import generate_key_pair
+    from hydrahead.runtime.errors import HydraheadError
+
+    try:
+        path, public = generate_key_pair(out)
+    except HydraheadError as exc:
+        fail(exc)
+    click.echo(f"private key: {path} (keep it secret)")
+    click.echo(f"public key:  {public}")
+
+
+@bundle.command("sign")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--key", "key_file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The private key file from `hydrahead bundle keygen`.")
+def bundle_sign(directory: str, key_file: str) -> None:
+    """Publisher: sign the manifest of the bundle in DIRECTORY (writes manifest.sig)."""
+    from hydrahead.runtime.bundle import Bundle
+    from hydrahead.runtime.bundle_signing import sign_bundle
+    from hydrahead.runtime.errors import HydraheadError
+
+    try:
+        Bundle.open(directory, verify=True)
+        key = sign_bundle(directory, key_file)
+    except HydraheadError as exc:
+        fail(exc)
+    click.echo(f"signed {directory} with key {key}")
