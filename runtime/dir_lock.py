@@ -3,7 +3,7 @@
 A :class:`~hydrahead.runtime.store.HistoryStore` holds the lock while it is open, and
 forgetting a user takes it before removing anything, so a user cannot be forgotten under an open
 store. ``flock`` locks belong to an open file, so two opens in one process exclude each other
-too. On platforms without ``fcntl`` the rule is not enforced.
+too. Where there is no ``fcntl`` (Windows) the lock is the ``filelock`` library's.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ except ImportError:  # pragma: no cover
 LOCK_FILE = "store.lock"
 
 
+class _FileLockHandle:
+    """filelock's lock, with the ``close()`` that releases it (as closing a flocked file does)."""
+
+    def __init__(self, lock: object) -> None:
+        self._lock = lock
+
+    def close(self) -> None:
+        self._lock.release()  # type: ignore[attr-defined]
+
+
 def lock_directory(directory: Path) -> IO[bytes]:
     """Take the directory's lock without waiting; close the returned file to release it.
 
@@ -29,6 +39,8 @@ def lock_directory(directory: Path) -> IO[bytes]:
         StoreError: the directory is open elsewhere, or it was removed while the lock was taken.
     """
     path = directory / LOCK_FILE
+    if fcntl is None:  # Windows
+        return _lock_with_filelock(path, directory)  # type: ignore[return-value]
     try:
         handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
     except FileNotFoundError:
@@ -55,3 +67,18 @@ def lock_directory(directory: Path) -> IO[bytes]:
         handle.close()
         raise
     return handle
+
+
+def _lock_with_filelock(path: Path, directory: Path) -> _FileLockHandle:
+    import filelock
+
+    if not directory.is_dir():
+        raise StoreError(f"the store at {directory} does not exist (it was removed)")
+    lock = filelock.FileLock(str(path), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise StoreError(
+            f"the store at {directory} is already open (in this or another process); close "
+            "it there first") from None
+    return _FileLockHandle(lock)

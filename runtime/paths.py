@@ -21,6 +21,8 @@ MAX_USER_ID_LENGTH = 128
 MAX_USER_ID_BYTES = 255
 """File systems limit a name to 255 bytes; a user id names a directory, in UTF-8."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*]')
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -66,6 +68,15 @@ def validate_user_id(user_id: object) -> str:
         raise InvalidUserIdError(
             f"user id {user_id!r} must not start with '.' or have surrounding spaces"
         )
+    # Names other file systems refuse or alias (Windows, and SMB/exFAT volumes anywhere).
+    if _WINDOWS_FORBIDDEN.search(user_id):
+        raise InvalidUserIdError(
+            f'user id {user_id!r} must not contain any of < > : " | ? * (not valid in file '
+            "names on every system)")
+    if user_id.endswith("."):
+        raise InvalidUserIdError(f"user id {user_id!r} must not end with '.'")
+    if _WINDOWS_RESERVED.match(user_id):
+        raise InvalidUserIdError(f"user id {user_id!r} is a reserved device name on Windows")
     return user_id
 
 
@@ -94,8 +105,20 @@ def user_dir(user_id: str, root: str | os.PathLike[str] | None = None) -> Path:
     home = data_root(root)
     if not home.exists():
         make_private_dir(home)
-    make_private_dir(home / "users")
-    return make_private_dir(home / "users" / uid)
+    users = make_private_dir(home / "users")
+    _refuse_case_collision(users, uid)
+    return make_private_dir(users / uid)
+
+
+def _refuse_case_collision(users: Path, uid: str) -> None:
+    """Refuse ``uid`` if another user's id differs from it only by case: on a case-insensitive
+    file system (macOS, Windows) the two would share one directory."""
+    folded = uid.casefold()
+    for name in os.listdir(users):
+        if name != uid and name.casefold() == folded:
+            raise InvalidUserIdError(
+                f"user id {uid!r} differs only by case from the existing user {name!r}; on a "
+                "case-insensitive file system they would share one directory")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:

@@ -414,3 +414,36 @@ def test_importers_raise_only_their_own_errors_and_lose_nothing(
     with HistoryStore.for_user("u", encoder=ENC, root=root) as store:
         stored = {r.id: r.text for r in store.list()}
     assert stored["kept-record-1"] == "good 1" and stored["kept-record-2"] == "good 2"
+
+
+@pytest.mark.parametrize("user_id", ["CON", "aux.txt", "nul", "COM1", "lpt3.log", "a:b", "why?",
+                                     "star*", 'quo"te', "pipe|", "<x>", "dot."])
+def test_user_ids_other_file_systems_refuse(user_id: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidUserIdError):
+        HistoryStore.for_user(user_id, encoder=ENC, root=tmp_path)
+
+
+def test_user_ids_that_differ_only_by_case_do_not_share_a_directory(tmp_path: Path) -> None:
+    with HistoryStore.for_user("alice", encoder=ENC, root=tmp_path) as store:
+        store.add(sample_items(2))
+    with pytest.raises(InvalidUserIdError, match="only by case"):
+        HistoryStore.for_user("Alice", encoder=ENC, root=tmp_path)
+    with HistoryStore.for_user("alice", encoder=ENC, root=tmp_path) as store:
+        assert len(store) == 2
+
+
+def test_the_store_lock_without_fcntl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where fcntl is missing (Windows) the filelock library holds the lock."""
+    from hydrahead.runtime import dir_lock
+    from hydrahead.runtime.users import forget_user
+
+    monkeypatch.setattr(dir_lock, "fcntl", None)
+    with HistoryStore.for_user("w", encoder=ENC, root=tmp_path) as store:
+        store.add(sample_items(2))
+        with pytest.raises(StoreError, match="already open"):
+            HistoryStore.for_user("w", encoder=ENC, root=tmp_path)
+        with pytest.raises(StoreError, match="already open"):
+            forget_user("w", tmp_path)
+    with HistoryStore.for_user("w", encoder=ENC, root=tmp_path) as store:
+        assert len(store) == 2
+    assert forget_user("w", tmp_path)
