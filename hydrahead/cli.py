@@ -29,6 +29,7 @@ from hydrahead.cli_common import (
     with_llm,
 )
 from hydrahead.cli_bundle import bundle
+from hydrahead.cli_user import existing_user, short, tasks, user
 from hydrahead.cli_server import export, train
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,92 +57,29 @@ def cli(ctx: click.Context, home: str | None, bundle: str | None, verbose: bool)
 
 
 # ---------------------------------------------------------------------------- helpers
-def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None):
-    """Open a user's Personalizer; the LLM comes from ``llm_url`` or the environment."""
+def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None,
+          model: str | None = None, **options: Any):
+    """Open an existing user's Personalizer; the LLM comes from ``llm_url`` or the environment.
+
+    ``options`` go to the Personalizer (k, m, n, temperature).
+    """
     from hydrahead.runtime.errors import HydraheadError
     from hydrahead.runtime.llm.config import LLMConfig
     from hydrahead.runtime.personalizer import Personalizer
     from hydrahead.runtime.users import resolve_task
 
     try:
-        config = LLMConfig.from_env(base_url=llm_url) if llm_url else None
+        existing_user(obj, user)
+        config = (LLMConfig.from_env(base_url=llm_url, model=model) if llm_url or model
+                  else None)
         return Personalizer.open(
             user,
             bundle=obj.bundle_dir,
             root=obj.root,
             llm=config,
             task=resolve_task(user, task, obj.root),
+            **{k: v for k, v in options.items() if v is not None},
         )
-    except HydraheadError as exc:
-        fail(exc)
-
-
-def _existing_user(obj: Context, user_id: str) -> Path:
-    """The directory of a user that exists; raises NotFoundError (creating nothing) if none."""
-    from hydrahead.runtime.users import existing_user_path
-
-    return existing_user_path(user_id, obj.root)
-
-
-# ---------------------------------------------------------------------------- user
-@cli.group()
-def user() -> None:
-    """Manage a user's history."""
-
-
-@user.command("import")
-@click.argument("user_id")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--task", required=True, help="Task name (e.g. LaMP-2, GIT_area) or a task JSON file."
-)
-@click.option(
-    "--lamp-user", help="For a LaMP questions file: whose profile to import (default: USER_ID)."
-)
-@pass_ctx
-def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str | None) -> None:
-    """Import history records from JSONL or a LaMP questions file."""
-    from hydrahead.runtime.errors import HydraheadError
-    from hydrahead.runtime.importing import import_file
-
-    try:
-        n = import_file(
-            user_id, file, task=task, lamp_user=lamp_user, root=obj.root, bundle=obj.bundle_dir
-        )
-    except HydraheadError as exc:
-        fail(exc)
-    click.echo(f"imported {n} records for {user_id}")
-
-
-@user.command("list")
-@pass_ctx
-def user_list(obj: Context) -> None:
-    """List the users under the data root."""
-    from hydrahead.runtime.users import list_users
-
-    for name in list_users(obj.root):
-        click.echo(name)
-
-
-@user.command("search")
-@click.argument("user_id")
-@click.argument("query")
-@click.option("-k", default=5, show_default=True)
-@pass_ctx
-def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
-    """Search a user's history (nothing leaves the device)."""
-    from hydrahead.runtime.bundle import Bundle
-    from hydrahead.runtime.encoder import Encoder
-    from hydrahead.runtime.errors import HydraheadError
-    from hydrahead.runtime.store import HistoryStore
-
-    try:
-        _existing_user(obj, user_id)
-        with HistoryStore.for_user(
-            user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root
-        ) as store:
-            for hit in store.search(query, k=k):
-                click.echo(f"{hit.score:.3f}  {hit.record.id}  {_short(hit.record.text)}")
     except HydraheadError as exc:
         fail(exc)
 
@@ -152,22 +90,26 @@ def user_search(obj: Context, user_id: str, query: str, k: int) -> None:
 @click.option("--task", help="Task (default: the one the history was imported with).")
 @click.option("--budget", default=200, show_default=True, type=click.IntRange(min=0),
               help="Most HTTP requests to send to the LLM (cached answers are free).")
+@click.option("--model", help="Model name (default: $HYDRAHEAD_LLM_MODEL).")
+@click.option("--json", "as_json", is_flag=True, help="Print the fit summary as JSON.")
 @with_llm
 @pass_ctx
-def fit(
-    obj: Context, user_id: str, task: str | None, budget: int, llm_url: str | None, offline: bool
-) -> None:
+def fit(obj: Context, user_id: str, task: str | None, budget: int, model: str | None,
+        as_json: bool, llm_url: str | None, offline: bool) -> None:
     """Fit the user's reranker and adapter heads (labels come from the LLM)."""
     from hydrahead.runtime.errors import HydraheadError
 
     with llm_endpoint(offline) as url:
-        p = _open(obj, user_id, task, llm_url=url or llm_url)
+        p = _open(obj, user_id, task, llm_url=url or llm_url, model=model)
         try:
             with p:
-                s = p.fit(budget=budget)
+                s = p.fit(budget=budget, progress=not as_json)
         except HydraheadError as exc:
             fail(exc)
-    _print_fit(s)
+    if as_json:
+        click.echo(json.dumps(_fit_dict(s), indent=2))
+    else:
+        _print_fit(s)
 
 
 @cli.command()
@@ -175,22 +117,24 @@ def fit(
 @click.argument("query")
 @click.option("--task", help="Task (default: the one the history was imported with).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option("--model", help="Model name (default: $HYDRAHEAD_LLM_MODEL).")
+@click.option("-k", "k", type=click.IntRange(min=1), help="History records retrieved (20).")
+@click.option("-m", "m", type=click.IntRange(min=1), help="Records put in the prompt (4).")
+@click.option("-n", "n", type=click.IntRange(min=1), help="Candidates asked of the LLM (8).")
+@click.option("--temperature", type=click.FloatRange(min=0.0), help="Sampling temperature (1.0).")
 @with_llm
 @pass_ctx
-def ask(
-    obj: Context,
-    user_id: str,
-    query: str,
-    task: str | None,
-    as_json: bool,
-    llm_url: str | None,
-    offline: bool,
-) -> None:
+def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
+        model: str | None, k: int | None, m: int | None, n: int | None,
+        temperature: float | None, llm_url: str | None, offline: bool) -> None:
     """Ask a question as this user; prints the answer and the prompt that left the device."""
     from hydrahead.runtime.errors import HydraheadError
 
+    if k is not None and m is not None and m > k:
+        raise click.BadParameter(f"-m ({m}) cannot exceed -k ({k})", param_hint="-m")
     with llm_endpoint(offline) as url:
-        p = _open(obj, user_id, task, llm_url=url or llm_url)
+        p = _open(obj, user_id, task, llm_url=url or llm_url, model=model, k=k, m=m, n=n,
+                  temperature=temperature)
         try:
             with p:
                 a = p.ask(query)
@@ -214,7 +158,7 @@ def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
     from hydrahead.runtime.llm.outbox import OUTBOX_FILENAME, Outbox
 
     try:
-        path = _existing_user(obj, user_id) / OUTBOX_FILENAME
+        path = existing_user(obj, user_id) / OUTBOX_FILENAME
     except HydraheadError as exc:
         fail(exc)
     records = Outbox(path).tail(n)
@@ -240,9 +184,10 @@ def forget(obj: Context, user_id: str, yes: bool) -> None:
     from hydrahead.runtime.errors import HydraheadError
     from hydrahead.runtime.users import forget_user
 
-    if not yes:
-        click.confirm(f"Delete all data of {user_id}?", abort=True)
     try:
+        existing_user(obj, user_id)
+        if not yes:
+            click.confirm(f"Delete all data of {user_id}?", abort=True)
         forget_user(user_id, obj.root)
     except HydraheadError as exc:
         fail(exc)
@@ -261,9 +206,13 @@ def llm() -> None:
 @click.option("--capture", type=click.Path(dir_okay=False), help="Append received requests here.")
 def serve_offline(host: str, port: int, capture: str | None) -> None:
     """Serve the offline simulated LLM (OpenAI-compatible) until interrupted."""
+    from hydrahead.runtime.errors import HydraheadError
     from hydrahead.runtime.llm.offline import serve_forever
 
-    serve_forever(host, port, capture_path=capture)
+    try:
+        serve_forever(host, port, capture_path=capture)
+    except HydraheadError as exc:  # e.g. the port is taken
+        fail(exc)
 
 
 # ---------------------------------------------------------------------------- bench
@@ -351,11 +300,6 @@ def demo(obj: Context, budget: int) -> None:
 
 
 # ---------------------------------------------------------------------------- printing
-def _short(text: str, n: int = 90) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 def _print_fit(s: Any) -> None:
     lab = s.labels
     click.echo(
@@ -383,11 +327,25 @@ def _print_answer(a: Any) -> None:
     click.echo(f"local latency: {a.local_ms:.1f} ms (LLM: {a.timings_ms['llm']:.1f} ms)")
     click.echo("reranked history records sent:")
     for it in a.items:
-        click.echo(f"  {it.rerank_score:.3f}  {it.record.id}  {_short(it.record.text, 70)}")
+        click.echo(f"  {it.rerank_score:.3f}  {it.record.id}  {short(it.record.text, 70)}")
     click.echo("candidates (adapter score):")
     for c in a.candidates:
-        click.echo(f"  {c.score:.3f}  {_short(c.text, 70)}")
+        click.echo(f"  {c.score:.3f}  {short(c.text, 70)}")
     click.echo("prompt that left the device:\n" + a.prompt)
+
+
+def _fit_dict(s: Any) -> dict[str, Any]:
+    lab = s.labels
+    return {
+        "labels": {"reranker_pairs": lab.reranker.n_pairs, "adapter_pairs": lab.adapter.n_pairs,
+                   "queries": lab.queries_used},
+        "llm": {"calls": lab.llm_calls, "cached": lab.llm_calls_cached,
+                "requests_sent": lab.requests_sent, "prompt_tokens": lab.prompt_tokens,
+                "completion_tokens": lab.completion_tokens, "simulated": lab.simulated},
+        "heads": {role: None if rep is None else {"epochs": rep.epochs, "seconds": rep.seconds}
+                  for role, rep in s.reports.items()},
+        "head_bytes": s.head_bytes,
+    }
 
 
 def _answer_dict(a: Any) -> dict[str, Any]:
@@ -416,6 +374,8 @@ def _answer_dict(a: Any) -> dict[str, Any]:
 
 # The server-side commands (export, train) live in their own module.
 cli.add_command(bundle)
+cli.add_command(user)
+cli.add_command(tasks)
 cli.add_command(export)
 cli.add_command(train)
 

@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .errors import InvalidInputError
-from .records import Record
+from .records import Record, as_records
 from .store import HistoryStore
 from .tasks import Task, get_task
 from .tasks.lamp import LampQuestion, load_lamp_questions
@@ -94,10 +96,24 @@ def lamp_users(data: str | os.PathLike[str], task: Task, split: str
     return users
 
 
-def import_records(store: HistoryStore, task: Task, rows: Iterable[dict[str, Any]]) -> int:
-    """Turn task-shaped rows (e.g. LaMP profile items) into records and upsert them."""
+IMPORT_BATCH = 256
+"""Records embedded and written at a time while importing (bounds memory, drives progress)."""
+
+
+def import_records(store: HistoryStore, task: Task, rows: Iterable[dict[str, Any]], *,
+                   progress: bool = False) -> int:
+    """Turn task-shaped rows (e.g. LaMP profile items) into records and upsert them.
+
+    Every row is checked before anything is written (all or nothing for bad input); then the
+    records are added ``IMPORT_BATCH`` at a time, with a progress bar if ``progress``.
+    """
     records: list[Record] = [task.record_from_profile(row) for row in rows]
-    store.add(records, upsert=True)
+    as_records(records)  # repeated ids are refused before anything is written
+    with tqdm(total=len(records), desc="importing", unit="record", disable=not progress) as bar:
+        for start in range(0, len(records), IMPORT_BATCH):
+            batch = records[start : start + IMPORT_BATCH]
+            store.add(batch, upsert=True)
+            bar.update(len(batch))
     return len(records)
 
 
@@ -110,6 +126,7 @@ def import_file(
     root: str | os.PathLike[str] | None = None,
     bundle: str | os.PathLike[str] | None = None,
     encoder: Any = None,
+    progress: bool = False,
 ) -> int:
     """Import a JSONL file of records or a LaMP questions file into ``user_id``'s store.
 
@@ -122,6 +139,7 @@ def import_file(
         root: Data root.
         bundle: Bundle directory (needed unless ``encoder`` is given).
         encoder: An already loaded encoder.
+        progress: Show a progress bar.
 
     Returns:
         Number of records imported.
@@ -137,6 +155,14 @@ def import_file(
 
         encoder = Encoder(bundle)
     with HistoryStore.for_user(user_id, encoder=encoder, root=root) as store:
-        n = import_records(store, task_obj, rows)
-    remember_task(user_id, task if isinstance(task, str) else task_obj.name, root)
+        n = import_records(store, task_obj, rows, progress=progress)
+    remember_task(user_id, _task_reference(task, task_obj), root)
     return n
+
+
+def _task_reference(task: str | Task, task_obj: Task) -> str:
+    """What to remember: a task spec file by its absolute path (so that commands run from
+    another directory find it), any other task by name."""
+    if isinstance(task, str) and Path(task).is_file():
+        return str(Path(task).resolve())
+    return task if isinstance(task, str) else task_obj.name

@@ -124,7 +124,7 @@ def test_import_lamp_questions_file(run, tmp_path: Path) -> None:
 
 def test_errors_are_clear_and_exit_nonzero(run, history_jsonl: Path, tmp_path: Path) -> None:
     r = run("ask", "nobody", "hello", ok=False)
-    assert r.exit_code == 1 and "no task recorded for user 'nobody'" in r.output
+    assert r.exit_code == 1 and "no user 'nobody'" in r.output
     r = run("user", "import", "../evil", str(history_jsonl), "--task", "GIT_area", ok=False)
     assert r.exit_code == 1 and "path separators" in r.output
     r = run("user", "import", "eve", str(history_jsonl), "--task", "LaMP-99", ok=False)
@@ -133,8 +133,11 @@ def test_errors_are_clear_and_exit_nonzero(run, history_jsonl: Path, tmp_path: P
     bad.write_text('{"id": "a", "text": "ok", "tag": "doc"}\nnot json\n')
     r = run("user", "import", "eve", str(bad), "--task", "GIT_area", ok=False)
     assert r.exit_code == 1 and "bad.jsonl:2" in r.output
-    r = run("ask", "eve", "x", "--task", "GIT_area", ok=False)  # no endpoint configured
+    run("user", "import", "eve", str(history_jsonl), "--task", "GIT_area")
+    r = run("ask", "eve", "x", ok=False)  # no endpoint configured
     assert r.exit_code == 1 and "HYDRAHEAD_LLM_BASE_URL" in r.output
+    r = run("fit", "eve", "--budget", "-5", ok=False)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "-5" in r.output
     existing = tmp_path / "not-empty"
     existing.mkdir()
     (existing / "file").write_text("x")
@@ -233,3 +236,67 @@ def test_forget_refuses_while_the_user_is_open(run) -> None:
         assert len(store) == 3  # still there, still usable
     assert "forgot held" in run("forget", "--yes", "held").output
     assert not (run.home / "users" / "held").exists()
+
+
+def test_commands_on_unknown_users_create_nothing(run) -> None:
+    for args in (("ask", "erin", "hello", "--offline"), ("fit", "erin", "--offline"),
+                 ("forget", "nobody", "--yes")):
+        result = run(*args, ok=False)
+        assert result.exit_code == 1 and "no user" in result.output, result.output
+    assert not (run.home / "users").exists() or not list((run.home / "users").iterdir())
+
+
+def test_json_output_and_ask_options(run, history_jsonl: Path) -> None:
+    imported = json.loads(run("user", "import", "jo", str(history_jsonl), "--task", "GIT_area",
+                              "--json").output)
+    assert imported == {"user": "jo", "imported": 90}
+    assert json.loads(run("user", "list", "--json").output) == ["jo"]
+    hits = json.loads(run("user", "search", "jo", "completion of branch names", "-k", "2",
+                          "--json").output)
+    assert len(hits) == 2 and {"score", "id", "text"} <= set(hits[0])
+    fitted = json.loads(run("fit", "jo", "--budget", "12", "--offline", "--json").stdout)
+    assert fitted["llm"]["requests_sent"] <= 12 and fitted["llm"]["simulated"]
+    asked = json.loads(run("ask", "jo", "Fix the zsh completion", "--offline", "--json",
+                           "-k", "6", "-m", "2", "-n", "3", "--temperature", "0.7",
+                           "--model", "my-model").stdout)
+    assert len(asked["items"]) == 2 and len(asked["candidates"]) <= 4  # 3 samples + greedy
+    sent = [json.loads(json.loads(line)["request"])
+            for line in run("outbox", "jo", "--tail", "2", "--json").output.splitlines()]
+    assert {r["model"] for r in sent} == {"my-model"}
+    assert sorted((r["n"], r["temperature"]) for r in sent) == [(1, 0.0), (3, 0.7)]
+
+
+def test_tasks_lists_what_each_task_needs(run) -> None:
+    rows = {row["name"]: row for row in json.loads(run("tasks", "--json").output)}
+    assert rows["GIT_area"]["answer_field"] == "tag" and "text" in rows["GIT_area"]["record_fields"]
+    assert "GIT_area" in run("tasks").output
+
+
+def test_a_task_spec_path_is_remembered_absolute(run, history_jsonl: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import hydrahead.runtime
+
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    shutil.copy(Path(hydrahead.runtime.__file__).parent / "data" / "tasks" / "GIT_area.json",
+                spec_dir / "mine.json")
+    monkeypatch.chdir(spec_dir)
+    run("user", "import", "sp", str(history_jsonl), "--task", "mine.json")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative path would no longer resolve
+    assert json.loads((run.home / "users" / "sp" / "user.json").read_text())["task"] == str(
+        spec_dir / "mine.json")
+    assert json.loads(run("ask", "sp", "fix the docs", "--offline", "--json").stdout)["answer"]
+
+
+def test_serve_offline_on_a_busy_port_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["llm", "serve-offline", "--port", str(port)])
+    assert result.exit_code == 1 and "cannot listen" in result.output
+    assert "Traceback" not in result.output
