@@ -14,8 +14,10 @@ Two files use it:
 * ``heads/labels.npz`` in a user's directory, written by ``fit()``: the labels the user's heads
   were fitted on, **without vectors** (record ids point into the user's store; candidates are
   re-embedded). When the bundle's shared base changes, the heads are refitted from it with no
-  LLM request. Deleting records from the store through the personalizer drops the groups
-  that held them (:func:`drop_records`).
+  LLM request. Deleting records from the store drops the groups that held them
+  (:func:`drop_records`).
+* ``heads/feedback.npz``, the same columns: every ``feedback()`` the user gave, appended
+  (:func:`append_labels`) and used by every later fit.
 * the training dataset of :mod:`hydrahead.train.labels`, many users, **with vectors**, texts
   kept for a cross-encoder.
 """
@@ -114,9 +116,7 @@ def save_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
     }
     for role, pairs in labels.items():
         arrays.update(pairs_to_arrays(pairs, vectors=False, prefix=f"{role}."))
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    _write(path, arrays)
 
 
 def read_npz(path: str | os.PathLike[str], fmt: str, error: type[Exception] = HeadError
@@ -165,28 +165,73 @@ def drop_records(path: str | os.PathLike[str], ids: Sequence[str]) -> int:
         arrays, meta = read_npz(path, FORMAT)
     except FileNotFoundError:
         return 0
-    gone = set(ids)
-    dropped = 0
+    gone = list(set(ids))
     out = {k: v for k, v in arrays.items() if "." not in k}
+    dropped = 0
     for role in ROLES:
         if f"{role}.label" not in arrays:
             continue
-        a = {k[len(role) + 1:]: v for k, v in arrays.items() if k.startswith(f"{role}.")}
-        hit = np.isin(a["query_id"], list(gone))
-        hit[a["item_group"][np.isin(a["item_id"], list(gone))]] = True
-        keep_group, keep_row = ~hit, ~hit[a["item_group"]]
+        a = _role_arrays(arrays, role)
+        hit = np.isin(a["query_id"], gone)
+        hit[a["item_group"][np.isin(a["item_id"], gone)]] = True
         dropped += int(hit.sum())
-        renumber = np.cumsum(keep_group) - 1
-        for k, v in a.items():
-            if k in ("query_text", "query_id", "group_user", "query_vec"):
-                v = v[keep_group]
-            elif k == "item_group":
-                v = renumber[v[keep_row]]
-            else:
-                v = v[keep_row]
-            out[f"{role}.{k}"] = v
+        out.update({f"{role}.{k}": v for k, v in _keep_groups(a, ~hit).items()})
     if dropped:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **out)
-        atomic_write_bytes(path, buffer.getvalue())
+        _write(path, out)
     return dropped
+
+
+def append_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
+                  meta: Mapping[str, Any], *, limit: int) -> None:
+    """Add ``labels`` after those already in ``path`` (written by :func:`save_labels` or this),
+    keeping each role's newest ``limit`` groups."""
+    new = {k: v for role, pairs in labels.items()
+           for k, v in pairs_to_arrays(pairs, vectors=False, prefix=f"{role}.").items()}
+    try:
+        old, _ = read_npz(path, FORMAT)
+    except FileNotFoundError:
+        old = {}
+    out: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
+        "meta": np.array(json.dumps(dict(meta), sort_keys=True))}
+    for role in ROLES:
+        parts = [_role_arrays(src, role) for src in (old, new) if f"{role}.label" in src]
+        if not parts:
+            continue
+        merged = parts[0]
+        if len(parts) == 2:
+            first, second = parts
+            if first["features"].shape[1] != second["features"].shape[1]:
+                merged = second  # written by another hydrahead's features: keep the new only
+            else:
+                second = dict(second, item_group=second["item_group"] + len(first["query_text"]))
+                merged = {k: np.concatenate([first[k], second[k]]) for k in first}
+        groups = len(merged["query_text"])
+        keep = np.arange(groups) >= groups - limit
+        out.update({f"{role}.{k}": v for k, v in _keep_groups(merged, keep).items()})
+    _write(path, out)
+
+
+def _role_arrays(arrays: Mapping[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
+    return {k[len(role) + 1:]: v for k, v in arrays.items() if k.startswith(f"{role}.")}
+
+
+def _keep_groups(a: Mapping[str, np.ndarray], keep_group: np.ndarray) -> dict[str, np.ndarray]:
+    """One role's columns with only the groups where ``keep_group`` is True, renumbered."""
+    keep_row = keep_group[a["item_group"]]
+    renumber = np.cumsum(keep_group) - 1
+    out = {}
+    for k, v in a.items():
+        if k in ("query_text", "query_id", "group_user", "query_vec"):
+            out[k] = v[keep_group]
+        elif k == "item_group":
+            out[k] = renumber[v[keep_row]]
+        else:
+            out[k] = v[keep_row]
+    return out
+
+
+def _write(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -48,8 +48,8 @@ from .errors import BundleError, HeadError, InvalidInputError, LLMResponseError,
 from .featurizer import Featurizer, load_featurizer
 from .fitting import FitReport, fit_head
 from .heads import Head
-from .erasure import CACHE_FILE, HEADS_DIR, LABELS_FILE
-from .label_file import load_labels, save_labels
+from .erasure import CACHE_FILE, FEEDBACK_FILE, HEADS_DIR, LABELS_FILE
+from .label_file import append_labels, load_labels, save_labels
 from .labeling import Labeler, LabelSet, PairSet, label_by_answer, query_seed
 from .llm.cache import ResponseCache
 from .llm.client import LLMClient
@@ -63,6 +63,8 @@ from .tasks import Task, get_task
 
 logger = logging.getLogger("hydrahead")
 
+MAX_FEEDBACK = 2000
+"""Feedback groups kept per head (the oldest go first)."""
 ROLES = ("reranker", "adapter")
 LISTWISE = {"reranker": False, "adapter": True}  # how each head is fitted (see _fit_role)
 
@@ -495,10 +497,14 @@ class Personalizer:
             **label_options,
         )
         reports: dict[str, FitReport | None] = {}
+        feedback = self.stored_feedback()
         reranker = labeler.reranker_labels()
-        reports["reranker"] = self._fit_role("reranker", reranker, init=self.base_heads["reranker"])
+        reports["reranker"] = self._fit_role(
+            "reranker", _with(reranker, feedback.get("reranker")),
+            init=self.base_heads["reranker"])
         adapter = labeler.adapter_labels(self.rerank_scores, self.encoder.encode)
-        reports["adapter"] = self._fit_role("adapter", adapter, init=self.base_heads["adapter"])
+        reports["adapter"] = self._fit_role(
+            "adapter", _with(adapter, feedback.get("adapter")), init=self.base_heads["adapter"])
         self.stale = []
         labels = labeler.summary(reranker, adapter)
         save_labels(Path(self.store.directory) / LABELS_FILE, {"reranker": reranker, "adapter": adapter},
@@ -514,43 +520,69 @@ class Personalizer:
         """Learn from the answer the user accepted or wrote, without calling the LLM.
 
         Args:
-            query: A query previously passed to :meth:`ask` in this session.
-            answer: The answer the user accepted, or their edited answer.
+            query: Any query: one asked in this session is judged against the candidates the
+                LLM gave for it; any other against the answers of the history records the
+                device retrieves for it (nothing is sent).
+            answer: The answer the user accepted, or their own answer.
 
-        The adapter learns that ``answer`` is what this user wants over the other candidates
-        (an edited answer is scored with the same history context the candidates had); the
+        The adapter learns that ``answer`` is what this user wants over the alternatives (an
+        edited answer is scored with the same history context the candidates had); the
         reranker learns which of the prompt's records agree with it. Both heads take a few
-        small steps from their current weights, pulled toward the shared base head.
+        small steps from their current weights, pulled toward the shared base head, and the
+        pairs are kept in ``heads/feedback.npz`` (the newest :data:`MAX_FEEDBACK` per head),
+        which every later :meth:`fit` trains on too.
         """
         if not isinstance(answer, str) or not answer.strip():
             raise InvalidInputError("feedback needs a non-empty answer string")
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError("feedback needs the query it answers (a non-empty string)")
         last = self._recent.get(query)
-        if last is None or last.context is None:
-            raise InvalidInputError("feedback is for a query asked in this session; ask() it first")
+        if last is not None and last.context is not None:
+            context, items = last.context, [(it.record, it.retrieval_score) for it in last.items]
+            alternatives = [c.text for c in last.candidates]
+        else:
+            prepared = self.prepare(query)
+            context = self._context(prepared, None, [])
+            items = [(it.record, it.retrieval_score) for it in prepared.items]
+            alternatives = [a for a in dict.fromkeys(
+                self.task.answer_of(h.record) for h in prepared.neighbours) if a]
         wanted = self.task.parse(answer)
-        others = [c.text for c in last.candidates
-                  if c.text.strip() != answer.strip() and not self._same(c.answer, wanted)]
-        texts = [answer, *others]
-        vecs = self.encoder.encode(texts)
-        adapter = PairSet()
-        adapter.add(last.context.query_vec, vecs, [1.0] + [0.0] * len(others),
-                    candidate_features(self.task, last.context, texts, vecs),
-                    query_text=query, item_texts=texts)
-        reranker = PairSet()
-        if last.items:
-            records = [it.record for it in last.items]
-            reranker.add(
-                last.context.query_vec,
+        others = [t for t in alternatives
+                  if t.strip() != answer.strip() and not self._same(self.task.parse(t), wanted)]
+        labels = {"reranker": PairSet(), "adapter": PairSet()}
+        if others:
+            texts = [answer, *others]
+            vecs = self.encoder.encode(texts)
+            labels["adapter"].add(context.query_vec, vecs, [1.0] + [0.0] * len(others),
+                                  candidate_features(self.task, context, texts, vecs),
+                                  query_text=query, item_texts=texts)
+        if items:
+            records = [r for r, _ in items]
+            labels["reranker"].add(
+                context.query_vec,
                 self.store.vectors([r.id for r in records]),
-                label_by_answer(self.task, [self.task.answer_of(r) for r in records], answer),
+                label_by_answer(self.task, [self.task.answer_of(r) or "" for r in records],
+                                answer),
                 reranker_features.reranker_features(
-                    self.task, query, records, np.array([it.retrieval_score for it in last.items])
-                ),
+                    self.task, query, records, np.array([s for _, s in items])),
                 query_text=query, item_texts=[self.task.example_text(r) for r in records],
                 item_ids=[r.id for r in records],
             )
-        for role, pairs in (("reranker", reranker), ("adapter", adapter)):
-            self._fit_role(role, pairs, init=self.heads[role], epochs=5, lr=1e-3)
+        for role, pairs in labels.items():
+            if len(pairs):
+                self._fit_role(role, pairs, init=self.heads[role], epochs=5, lr=1e-3)
+        append_labels(Path(self.store.directory) / FEEDBACK_FILE, labels,
+                      {"task": self.task.name}, limit=MAX_FEEDBACK)
+
+    def stored_feedback(self) -> dict[str, PairSet]:
+        """The user's kept feedback pairs per head (records deleted since are left out)."""
+        try:
+            labels, _ = load_labels(Path(self.store.directory) / FEEDBACK_FILE,
+                                    query_vectors=self._stored_vector,
+                                    item_vectors=self._item_vectors)
+        except FileNotFoundError:
+            return {}
+        return labels
 
     def _same(self, a: Any, b: Any) -> bool:
         return self.task.kind != "generation" and a is not None and a == b
@@ -604,10 +636,12 @@ class Personalizer:
                 f"the {'/'.join(roles)} head(s) must be refitted and no labels are stored in "
                 f"{self.heads_dir}: run `hydrahead fit` (responses already cached cost no "
                 "request)") from None
+        feedback = self.stored_feedback()
         reports = {}
         for role in roles:
             self.heads[role] = self.base_heads[role].copy()
-            reports[role] = self._fit_role(role, labels.get(role, PairSet()),
+            reports[role] = self._fit_role(role, _with(labels.get(role, PairSet()),
+                                                       feedback.get(role)),
                                            init=self.base_heads[role])
         return reports
 
@@ -679,6 +713,15 @@ class Personalizer:
         self._recent.move_to_end(query)
         while len(self._recent) > size:
             self._recent.popitem(last=False)
+
+
+def _with(labels: PairSet, extra: PairSet | None) -> PairSet:
+    """``labels`` followed by ``extra`` (a new PairSet; neither is changed)."""
+    out = PairSet()
+    out.extend(labels)
+    if extra is not None:
+        out.extend(extra)
+    return out
 
 
 def _client_for(

@@ -117,13 +117,17 @@ def test_personalizer_delete_is_total_across_the_user_directory(
         ) as p:
             import_records(p.store, p.task, history)
             p.fit(budget=40, progress=False)
+            shown = set()
             for q in user["queries"][:4]:
-                p.ask(q["query"])
+                shown |= {it.record.id for it in p.ask(q["query"]).items}
+                p.feedback(q["query"], "doc")  # kept in heads/feedback.npz, with record texts
             sent = [r["request"] for r in p.llm.outbox.records()]
             # Two records that left the device; one deleted through the personalizer, one
-            # straight through its store: both must be gone from every file.
+            # straight through its store: both must be gone from every file. The first was in
+            # an ask's prompt, so the feedback on that ask holds its text too.
             left = [i for i in range(len(history)) if any(MARK.format(i) in s for s in sent)]
-            first, second = left[0], left[-1]
+            first = next(i for i in left if history[i]["id"] in shown)
+            second = next(i for i in reversed(left) if i != first)
             vectors = p.store.vectors([history[first]["id"], history[second]["id"]])
             n_outbox = len(sent)
             n_cached = len(p.llm.cache)

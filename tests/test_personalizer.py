@@ -167,10 +167,35 @@ def test_feedback_moves_the_adapter_toward_the_users_answer(
         p.feedback(query, wanted)
         assert score() > before
         assert not np.array_equal(p.heads["reranker"].params["W2"], reranker_before)
-        with pytest.raises(InvalidInputError, match="ask"):
-            p.feedback("a query never asked", "tests")
         with pytest.raises(InvalidInputError):
             p.feedback(query, "   ")
+        with pytest.raises(InvalidInputError):
+            p.feedback("  ", "tests")
+
+
+def test_feedback_on_any_query_is_kept_and_every_fit_learns_from_it(
+    tmp_path, bundle, encoder, server, user
+):
+    """Feedback for queries never asked (no LLM call) is stored with the user, survives
+    reopening, and is in the data of the next fit: a head refitted with feedback that
+    contradicts the LLM's labels differs from one refitted without it."""
+    with _open(tmp_path, bundle, encoder, server.url) as p:
+        import_records(p.store, p.task, user["history"])
+        p.fit(budget=30, progress=False)
+        sent = len(server.captured)
+        for q in user["queries"][:8]:
+            p.feedback(q["query"], "sequencer")  # a tag this user never uses
+        assert len(server.captured) == sent  # nothing was sent
+        kept = p.stored_feedback()
+        assert len(kept["reranker"]) == 8 and len(kept["adapter"]) == 8
+    with _open(tmp_path, bundle, encoder, server.url) as p:
+        assert len(p.stored_feedback()["adapter"]) == 8  # it is the user's, on disk
+        with_feedback = p.refit_from_labels()["adapter"]
+        adapter_with = p.heads["adapter"].params["W2"].copy()
+        (tmp_path / "users" / "alice" / "heads" / "feedback.npz").unlink()
+        p.refit_from_labels()
+        assert with_feedback is not None
+        assert not np.allclose(p.heads["adapter"].params["W2"], adapter_with)
 
 
 def test_bad_input_and_errors_keep_the_store_intact(tmp_path, bundle, encoder, server, user):
@@ -286,3 +311,24 @@ def test_cold_start_adapter_answers_what_the_llm_answers(
     assert a.candidates[0].features["llm_greedy"] == float(greedy)
     assert a.candidates[0].features["llm_vote"] == (1 / 8 if greedy else 4 / 8)
     assert a.llm_requests == len(sent)
+
+
+def test_records_without_an_answer_are_context(tmp_path, bundle, encoder, server, user):
+    """Notes without a tag sit in the history beside tagged commits: fit and ask work, the
+    notes can be retrieved and shown, and they are never labelling queries."""
+    history = [dict(h) for h in user["history"]]
+    for h in history[::3]:
+        del h["tag"]  # a third of the history carries no answer
+    with _open(tmp_path, bundle, encoder, server.url) as p:
+        import_records(p.store, p.task, history)
+        p.fit(budget=40, progress=False)
+        answers = [p.ask(q["query"]) for q in user["queries"][:5]]
+        p.feedback(user["queries"][0]["query"], "doc")
+    untagged = {h["id"] for h in history if "tag" not in h}
+    shown = {it.record.id for a in answers for it in a.items}
+    assert all(a.answer is not None for a in answers)
+    assert shown & untagged  # retrieved as context
+    for a in answers:
+        for it in a.items:
+            if it.record.id in untagged:
+                assert it.record.text.strip() in a.prompt

@@ -171,10 +171,13 @@ def test_record_from_profile_keeps_fields_and_reads_the_date() -> None:
                             fields={"tag": "doc", "date": "2015-07-22T14:05:32-07:00"},
                             timestamp=1437599132.0)
     assert task.query_of(record) == "body"
-    with pytest.raises(InvalidInputError, match="tag"):
-        task.record_from_profile({"id": "a2", "text": "no tag here"})
-    with pytest.raises(InvalidInputError, match="tag"):
-        task.answer_of(Record(id="a3", text="body"))
+    # A record without its answer is context only: it is imported, has no answer, and is
+    # shown in a prompt without an Answer: line.
+    context = task.record_from_profile({"id": "a2", "text": "no tag here"})
+    assert task.answer_of(context) is None and task.answer_of(Record(id="a3", text="body")) is None
+    assert "no tag here\n\n### Query" in task.render_prompt("q", [context])
+    with pytest.raises(InvalidInputError, match="text"):
+        task.record_from_profile({"id": "a4", "tag": "doc"})
     assert get_task("LaMP-3").answer_of(Record(id="r", text="t", fields={"score": 4.0})) == "4"
 
 

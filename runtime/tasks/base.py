@@ -121,14 +121,13 @@ class Task:
         or else ``date`` becomes the timestamp.
 
         Raises:
-            InvalidInputError: The item has no ``id``, or lacks a text field or the answer field.
+            InvalidInputError: The item has no ``id`` or lacks a text field (the answer field is
+                optional: an item without it is context only, see :meth:`answer_of`).
         """
         if not isinstance(item, Mapping):
             raise InvalidInputError(f"{self.name}: a profile item must be a dict, got "
                                     f"{type(item).__name__}")
-        needed = ["id", *self.text_fields]
-        if self.answer_field is not None:
-            needed.append(self.answer_field)
+        needed = ["id", *self.text_fields]  # the answer field is optional: context-only records
         missing = [k for k in needed if item.get(k) is None]
         if missing:
             raise InvalidInputError(
@@ -164,18 +163,14 @@ class Task:
         return self.example_text(record)
 
     def answer_of(self, record: Record) -> str | None:
-        """The record's gold answer as text (``None`` for tasks whose items carry none).
-
-        Raises:
-            InvalidInputError: The task has an answer field and the record lacks it.
-        """
+        """The record's gold answer as text; ``None`` for tasks whose items carry none, and for
+        a record without the answer field (context only: it can be retrieved and shown as an
+        example without an ``Answer:`` line, but is never a labelling query)."""
         if self.answer_field is None:
             return None
         value = record.fields.get(self.answer_field)
-        if value is None:
-            raise InvalidInputError(
-                f"{self.name}: record {record.id!r} has no {self.answer_field!r} field (its "
-                f"answer); add it to the record's fields")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
         if self.kind == "regression":
             number = _to_float(value)
             if number is not None:
