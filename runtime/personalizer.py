@@ -56,8 +56,8 @@ from .llm.client import LLMClient
 from .llm.config import LLMConfig
 from .llm.outbox import OUTBOX_FILENAME, Outbox
 from .paths import make_private_dir
-from .records import Hit, Record
-from .store import HistoryStore
+from .records import Change, Hit, Record
+from .store import Filter, HistoryStore
 from .users import remove_store_directory
 from .tasks import Task, get_task
 
@@ -272,23 +272,50 @@ class Personalizer:
 
     # ------------------------------------------------------------------ history (like mem0)
     def add(self, items: Iterable[Record | dict[str, Any]]) -> list[str]:
-        """Add history records (see :meth:`HistoryStore.add`)."""
+        """Add history records (see :meth:`HistoryStore.add`); an id already stored is an
+        error (use :meth:`upsert`)."""
         return self.store.add(items)
 
-    def delete(self, ids: Sequence[str]) -> None:
-        """Delete history records by id, and erase them from every file of the user
-        (see :meth:`HistoryStore.delete`): stored labels, response cache and outbox included."""
-        self.store.delete(ids)
+    def upsert(self, items: Iterable[Record | dict[str, Any]]) -> list[str]:
+        """Add records, replacing those whose id is already stored."""
+        return self.store.upsert(items)
 
-    def search(self, query: str, k: int = 10) -> list[Hit]:
-        """Search the user's history."""
-        return self.store.search(query, k=k)
+    def update(self, id: str, *, text: str | None = None,
+               fields: dict[str, Any] | None = None, **kwargs: Any) -> Record:
+        """Change one record's text and/or fields (see :meth:`HistoryStore.update`)."""
+        return self.store.update(id, text=text, fields=fields, **kwargs)
+
+    def get(self, id: str) -> Record:
+        """The record with this id (NotFoundError if none)."""
+        return self.store.get(id)
 
     def list(self, limit: int | None = None, offset: int = 0) -> list[Record]:
         """List history records in insertion order."""
         return self.store.list(limit=limit, offset=offset)
 
-    # ------------------------------------------------------------------ scoring
+    def search(self, query: str, k: int = 10, *, filter: Filter | None = None,
+               threshold: float | None = None) -> list[Hit]:
+        """Search the user's history (nothing leaves the device): the ``k`` nearest records,
+        optionally only those whose fields match ``filter`` and whose score is at least
+        ``threshold`` (see :meth:`HistoryStore.search`)."""
+        return self.store.search(query, k=k, filter=filter, threshold=threshold)
+
+    def history(self, id: str | None = None, limit: int | None = None) -> list[Change]:
+        """Changes to one record (or all), oldest first: adds, updates and deletes."""
+        return self.store.history(id, limit=limit)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete history records by id, and erase them from every file of the user
+        (see :meth:`HistoryStore.delete`): stored labels, feedback, response cache and outbox
+        included."""
+        self.store.delete(ids)
+
+    def delete_all(self) -> int:
+        """Delete every history record (erased as by :meth:`delete`); the user, their heads
+        and settings stay. Returns how many records there were. To remove the user entirely,
+        use :meth:`forget`."""
+        return self.store.clear()
+
     def rerank_scores(
         self,
         query: str,

@@ -126,6 +126,24 @@ class Record:
         return record
 
 
+@dataclass(frozen=True)
+class Change:
+    """One entry of a record's history.
+
+    Attributes:
+        id: The record id.
+        op: ``"add"``, ``"update"`` or ``"delete"``.
+        at: Unix time of the change.
+        text: The record's text after the change; None for a delete, and for every entry of a
+            record that was deleted since (deletion blanks its history's texts).
+    """
+
+    id: str
+    op: str
+    at: float
+    text: str | None
+
+
 @dataclass(frozen=True, eq=False)
 class Hit:
     """A search result.

@@ -68,7 +68,7 @@ from .errors import (
 )
 from .hnsw_index import IndexParams, UnusableIndexError, VectorIndex, remove_temp_files
 from .paths import make_private_dir, user_dir
-from .records import Hit, Record, as_ids, as_records, check_int, check_text
+from .records import Change, Hit, Record, as_ids, as_records, check_int, check_text
 from .store_db import (
     DB_FILE,
     STORE_FORMAT_VERSION,
@@ -87,6 +87,16 @@ DEFAULT_BATCH_SIZE = 256
 """Records embedded and written per transaction by :meth:`HistoryStore.add`."""
 
 Filter = Mapping[str, Any] | Callable[[Record], bool]
+
+
+class _Unset:
+    """The type of :data:`UNSET`: 'leave this as it is' where None is a value."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
 
 
 class HistoryStore:
@@ -300,6 +310,47 @@ class HistoryStore:
         """Add records, replacing those whose id is already stored: ``add(..., upsert=True)``."""
         return self.add(items, upsert=True, **kwargs)
 
+    def update(self, id: str, *, text: str | None = None,
+               fields: Mapping[str, Any] | None = None,
+               timestamp: float | None | _Unset = UNSET) -> Record:
+        """Change one record: a new ``text`` (re-embedded), ``fields`` merged into its fields
+        (a None value removes a field), a new ``timestamp``. Returns the updated record.
+
+        Raises:
+            NotFoundError: if there is no such record.
+            InvalidInputError: if the result is not a valid record.
+        """
+        with self._mutex:
+            old = self.get(id)
+            merged = {**old.fields, **(dict(fields) if fields is not None else {})}
+            record = Record(id=old.id, text=old.text if text is None else text,
+                            fields={k: v for k, v in merged.items() if v is not None},
+                            timestamp=old.timestamp if timestamp is UNSET else timestamp)
+            # The same text keeps its stored vector: no encoder call.
+            vectors = self.vectors([id]) if text is None else None
+            self.add([record], vectors=vectors, upsert=True)
+            return record
+
+    def history(self, id: str | None = None, limit: int | None = None) -> list[Change]:
+        """Recorded changes (add, update, delete), oldest first: of one record or of all.
+
+        A deleted record keeps the fact of its changes but none of its texts. The history
+        starts when a store was first opened by a hydrahead that keeps it.
+        """
+        if id is not None:
+            (id,) = as_ids([id])
+        if limit is not None:
+            check_int(limit, "limit", 0)
+        with self._mutex:
+            return [Change(i, op, at, text)
+                    for _, i, op, at, text in self._open_db().changes(id, limit)]
+
+    def clear(self) -> int:
+        """Delete every record (see :meth:`delete`); returns how many there were."""
+        with self._mutex:
+            ids = [r.id for r in self.iter()]
+            return self.delete(ids) if ids else 0
+
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete records by id, all or none, and erase them from every file of the directory.
 
@@ -403,7 +454,8 @@ class HistoryStore:
     # ------------------------------------------------------------------ search
 
     def search(
-        self, query: str | np.ndarray, k: int = 10, filter: Filter | None = None
+        self, query: str | np.ndarray, k: int = 10, filter: Filter | None = None,
+        threshold: float | None = None,
     ) -> list[Hit]:
         """Return the ``k`` records most similar to ``query``, most similar first.
 
@@ -413,6 +465,7 @@ class HistoryStore:
             filter: Optional. A dict of field equalities, ``{"tag": "doc"}`` keeps records
                 with ``record.fields.get("tag") == "doc"`` (None also matches a missing field;
                 numbers and bools compare like in Python). Or a callable ``(Record) -> bool``.
+            threshold: Optional. Only hits whose score is at least this (cosine, -1 to 1).
 
         Returns:
             Hits with the cosine similarity as ``score`` (computed exactly from the stored
@@ -424,6 +477,10 @@ class HistoryStore:
             InvalidInputError: on an empty query, a vector of the wrong shape, a bad k or filter.
         """
         check_int(k, "k", 1, 1 << 31)
+        if threshold is not None and (
+                isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                or not -1.0 <= threshold <= 1.0):
+            raise InvalidInputError(f"threshold must be a number from -1 to 1, got {threshold!r}")
         with self._mutex:
             db = self._open_db()
             if isinstance(query, str):
@@ -440,7 +497,8 @@ class HistoryStore:
                 raise InvalidInputError(
                     f"filter must be a dict or a callable, got {type(filter).__name__}"
                 )
-            return store_search.hits(db, labels, q, k)
+            found = store_search.hits(db, labels, q, k)
+            return found if threshold is None else [h for h in found if h.score >= threshold]
 
     # ------------------------------------------------------------------ export, lifecycle
 

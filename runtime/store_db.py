@@ -8,6 +8,8 @@
     meta(key, value)                 store_id, encoder_fingerprint, dim, generation, created
     pending_erasure(id, text)        records deleted from items whose text must still be
                                      erased from the user's other files (see erasure.py)
+    changes(seq, id, op, at, text)   every add/update/delete, kept by triggers: the record's
+                                     history (a deleted record's texts are blanked)
 
 ``label`` is an AUTOINCREMENT alias of the rowid: it survives VACUUM, is never reused, and is
 the HNSW label. Triggers bump ``meta.generation`` on every insert, update and delete, whoever
@@ -84,8 +86,30 @@ _SCHEMA = (
         DELETE FROM item_fields WHERE label = old.label;
     END""",
 )
-# Added after format 1 shipped; created where missing (older hydrahead ignores the table).
-_ERASURE_SCHEMA = "CREATE TABLE IF NOT EXISTS pending_erasure (id TEXT PRIMARY KEY, text TEXT)"
+# Added after format 1 shipped; created where missing (older hydrahead ignores them).
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # Unix time, millisecond precision
+_ADDED_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS pending_erasure (id TEXT PRIMARY KEY, text TEXT)",
+    """CREATE TABLE IF NOT EXISTS changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        op TEXT NOT NULL,
+        at REAL NOT NULL,
+        text TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS changes_by_id ON changes (id)",
+    f"""CREATE TRIGGER IF NOT EXISTS changes_add AFTER INSERT ON items BEGIN
+        INSERT INTO changes (id, op, at, text) VALUES (new.id, 'add', {_NOW}, new.text);
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS changes_update
+        AFTER UPDATE OF text, fields, timestamp ON items BEGIN
+        INSERT INTO changes (id, op, at, text) VALUES (new.id, 'update', {_NOW}, new.text);
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS changes_delete AFTER DELETE ON items BEGIN
+        UPDATE changes SET text = NULL WHERE id = old.id;
+        INSERT INTO changes (id, op, at, text) VALUES (old.id, 'delete', {_NOW}, NULL);
+    END""",
+)
 
 
 class RecordDB:
@@ -247,6 +271,16 @@ class RecordDB:
                     f"SELECT id, text FROM items WHERE label IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM items WHERE label IN ({marks})", chunk)
         self.count -= len(labels)
+
+    def changes(self, record_id: str | None, limit: int | None
+                ) -> list[tuple[int, str, str, float, str | None]]:
+        """``(seq, id, op, at, text)`` of the recorded changes, oldest first (the last
+        ``limit``), of one record or all."""
+        where, params = ("WHERE id = ?", [record_id]) if record_id is not None else ("", [])
+        rows = self._conn.execute(
+            f"SELECT seq, id, op, at, text FROM changes {where} ORDER BY seq DESC LIMIT ?",
+            [*params, -1 if limit is None else limit]).fetchall()
+        return rows[::-1]
 
     def pending_erasures(self) -> list[tuple[str, str]]:
         """``(id, text)`` of deleted records not yet erased from the user's other files."""
@@ -434,7 +468,8 @@ def _init_schema(conn: sqlite3.Connection, path: Path, fingerprint: str, dim: in
                  ("dim", dim), ("generation", 0), ("created", time.time())],
             )
             conn.execute(f"PRAGMA user_version = {STORE_FORMAT_VERSION}")
-        conn.execute(_ERASURE_SCHEMA)
+        for statement in _ADDED_SCHEMA:
+            conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -668,3 +668,46 @@ def test_real_bundle_encoder_search_and_reopen(bundle_dir: Path, tmp_path: Path)
     assert [[(h.record.id, h.score) for h in hits] for hits in again] == [
         [(h.record.id, h.score) for h in hits] for hits in first
     ]
+
+
+# ---------------------------------------------------------------------- update, history, clear
+
+
+def test_update_history_and_clear(store: HistoryStore, encoder: HashingEncoder) -> None:
+    store.add([{"id": "n1", "text": "lunch with Bob", "topic": "social"}])
+    calls = encoder.calls
+    updated = store.update("n1", fields={"topic": "work", "room": "B2"})
+    assert encoder.calls == calls  # same text: the stored vector is kept, nothing re-embedded
+    assert store.get("n1") == updated and updated.fields == {"topic": "work", "room": "B2"}
+    store.update("n1", text="lunch with Bob about the budget", fields={"room": None})
+    assert store.get("n1").fields == {"topic": "work"}
+    assert store.search("budget", k=1)[0].record.id == "n1"
+    with pytest.raises(NotFoundError):
+        store.update("nope", text="x")
+    with pytest.raises(InvalidInputError):
+        store.update("n1", text="   ")
+    history = store.history("n1")
+    assert [c.op for c in history] == ["add", "update", "update"]
+    assert history[0].text == "lunch with Bob" and history[-1].text.endswith("budget")
+    assert history[0].at <= history[1].at <= history[2].at
+    store.delete(["n1"])
+    after = store.history("n1")
+    assert [c.op for c in after] == ["add", "update", "update", "delete"]
+    assert all(c.text is None for c in after)  # deletion blanks the texts of its history
+    store.add(sample_items(3))
+    assert store.clear() == 3 and len(store) == 0
+    assert [c.op for c in store.history(limit=3)] == ["delete"] * 3
+
+
+def test_search_threshold(store: HistoryStore) -> None:
+    store.add(sample_items(50))
+    q = store.vectors(["r7"])[0]
+    hits = store.search(q, k=50)
+    cut = hits[5].score
+    kept = store.search(q, k=50, threshold=cut)
+    assert [(h.record.id, h.score) for h in kept] == [
+        (h.record.id, h.score) for h in hits if h.score >= cut]
+    assert len(kept) >= 6
+    assert [h.record.id for h in store.search(q, k=50, threshold=0.999)] == ["r7"]
+    with pytest.raises(InvalidInputError):
+        store.search(q, threshold=1.5)

@@ -1,0 +1,70 @@
+"""The app-developer surface: mem0-like record verbs on the Personalizer, and the asyncio face."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from fault_server import FaultServer, Reply
+from synthetic_users import make_user
+
+from hydrahead.runtime.async_personalizer import AsyncPersonalizer
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.errors import InvalidInputError, NotFoundError
+from hydrahead.runtime.llm.config import LLMConfig
+from hydrahead.runtime.llm.simulator import SimulatedLLM
+from hydrahead.runtime.personalizer import Personalizer
+
+
+def test_record_verbs_like_mem0(tmp_path: Path, bundle_dir: Path) -> None:
+    with Personalizer.open("mo", bundle=Bundle.open(bundle_dir), task="GIT_area",
+                           root=tmp_path) as p:
+        p.add([{"id": "c1", "text": "Fix the manual page typo", "tag": "doc"},
+               {"id": "c2", "text": "Teach gitk a dark theme", "tag": "gitk"}])
+        with pytest.raises(InvalidInputError, match="upsert"):
+            p.add([{"id": "c1", "text": "again", "tag": "doc"}])
+        p.upsert([{"id": "c1", "text": "Fix two manual page typos", "tag": "doc"}])
+        assert p.get("c1").text == "Fix two manual page typos"
+        p.update("c2", fields={"tag": "gitk", "reviewed": True})
+        assert p.get("c2").fields["reviewed"] is True
+        assert [h.record.id for h in p.search("typo in the docs", k=2, filter={"tag": "doc"})] == ["c1"]
+        assert p.search("typo in the docs", k=2, threshold=0.99) == []
+        assert [c.op for c in p.history("c1")] == ["add", "update"]
+        assert len(p.list()) == 2
+        assert p.delete_all() == 2 and p.list() == []
+        with pytest.raises(NotFoundError):
+            p.get("c1")
+
+
+def test_async_personalizer_does_not_block_the_loop(tmp_path: Path, bundle_dir: Path) -> None:
+    simulator = SimulatedLLM()
+    with FaultServer(default=lambda req: Reply(200, simulator.complete(req.json()),
+                                               delay=0.4)) as server:
+        async def main() -> tuple[int, object, object]:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            async with await AsyncPersonalizer.open(
+                "as", bundle=Bundle.open(bundle_dir), task="GIT_area", root=tmp_path,
+                llm=LLMConfig(server.url, "m"),
+            ) as p:
+                await p.add(make_user(1)["history"][:30])
+                task = asyncio.create_task(ticker())
+                started = time.perf_counter()
+                answer = await p.ask("Fix the flaky test in t7001")
+                elapsed = time.perf_counter() - started
+                task.cancel()
+                hits = await p.search("test suite", k=3)
+            return ticks, (answer, elapsed), hits
+
+        ticks, (answer, elapsed), hits = asyncio.run(main())
+    assert answer.answer is not None and len(hits) == 3
+    assert elapsed >= 0.8  # two LLM requests of 0.4 s each
+    assert ticks >= 0.5 * elapsed / 0.01  # the loop kept running meanwhile
