@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 from hydrahead.benchmark import quality, report
-from hydrahead.runtime.llm.offline import OfflineLLMServer
-from hydrahead.runtime.llm.simulator import SimulatedLLM, SimulatorParams
+from hydrahead.offline.server import OfflineLLMServer
+from hydrahead.offline.simulator import SimulatedLLM, SimulatorParams
 
 LLMS = {
     "stubborn": SimulatorParams(example_weight=1.5),

@@ -8,17 +8,14 @@ run in the same process; each benchmark records its speed-up over torch fp32 and
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bundle_fixture import get_test_bundle  # noqa: E402
+from bundle_fixture import get_test_bundle  # noqa: E402  (testing/, on sys.path via conftest)
 
 from hydrahead.export.bundle import FP32_FILE, export_fp32_onnx  # noqa: E402
 from hydrahead.export.quality_sentences import QUALITY_SENTENCES  # noqa: E402

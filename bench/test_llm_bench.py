@@ -30,7 +30,7 @@ from synthetic_users import make_user
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm import LLMClient, LLMConfig
-from hydrahead.runtime.llm.simulator import SimulatedLLM
+from hydrahead.offline.simulator import SimulatedLLM
 from hydrahead.runtime.personalizer import Personalizer
 
 LATENCY = 0.3

@@ -50,7 +50,7 @@ TRAINED_BASES = REPO / "bench" / "trained-bases" / "GIT_subject"
 def corpus() -> dict:
     """Real commit messages (git-lamp GIT_subject) for histories, dev queries, and the
     simulator's candidates; without git-lamp, the persona world's generated commits (GIT_area)."""
-    from hydrahead.runtime.llm.simulator import SimulatedLLM
+    from hydrahead.offline.simulator import SimulatedLLM
     from hydrahead.runtime.tasks import get_task
 
     if GIT_LAMP.is_dir():

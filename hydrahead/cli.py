@@ -207,7 +207,7 @@ def llm() -> None:
 def serve_offline(host: str, port: int, capture: str | None) -> None:
     """Serve the offline simulated LLM (OpenAI-compatible) until interrupted."""
     from hydrahead.runtime.errors import HydraheadError
-    from hydrahead.runtime.llm.offline import serve_forever
+    from hydrahead.offline.server import serve_forever
 
     try:
         serve_forever(host, port, capture_path=capture)

@@ -38,7 +38,7 @@ def llm_endpoint(offline: bool) -> Iterator[str | None]:
     if not offline:
         yield None
         return
-    from hydrahead.runtime.llm.offline import OfflineLLMServer
+    from hydrahead.offline.server import OfflineLLMServer
 
     with OfflineLLMServer() as server:
         click.echo(f"{SIMULATOR_NOTE} at {server.url}", err=True)

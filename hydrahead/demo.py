@@ -32,7 +32,7 @@ SAMPLE = "sample_git_area.json"
 
 def load_sample() -> dict[str, Any]:
     """The shipped sample: ``task``, ``source``, ``history`` (profile items) and ``queries``."""
-    text = resources.files("hydrahead.runtime").joinpath("data", SAMPLE).read_text("utf-8")
+    text = resources.files("hydrahead").joinpath("data", SAMPLE).read_text("utf-8")
     return json.loads(text)
 
 
@@ -72,7 +72,7 @@ def run_demo(
             config = LLMConfig.from_env()
             echo(f"LLM: {config.base_url} (model {config.model})")
         else:
-            from hydrahead.runtime.llm.offline import OfflineLLMServer
+            from hydrahead.offline.server import OfflineLLMServer
 
             server = stack.enter_context(OfflineLLMServer())
             config = LLMConfig.from_env(base_url=server.url)

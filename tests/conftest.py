@@ -1,28 +1,11 @@
-"""Shared pytest fixtures.
-
-``bundle_dir`` builds a real int8 model bundle once per machine (cached under
-``.hydrahead-cache/test-bundle`` or ``$HYDRAHEAD_TEST_BUNDLE``) and hands its path to every test
-that needs the real encoder.
-"""
+"""Fixtures of the test suite (the shared ones, ``bundle_dir`` among them, are in the root
+``conftest.py``; the shared helpers in ``testing/``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-# Nothing may be fetched from a model hub, in tests or anywhere else.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="session")
-def bundle_dir() -> Path:
-    """Path of a real, verified model bundle (built once, then reused)."""
-    from bundle_fixture import get_test_bundle
-
-    return get_test_bundle()
 
 
 @pytest.fixture()

@@ -25,8 +25,8 @@ from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.labeling import Labeler, PairSet
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.offline import OfflineLLMServer
-from hydrahead.runtime.llm.simulator import SimulatedLLM, SimulatorParams
+from hydrahead.offline.server import OfflineLLMServer
+from hydrahead.offline.simulator import SimulatedLLM, SimulatorParams
 from hydrahead.runtime.personalizer import Personalizer
 
 SEEDS = range(5)  # one user per topic that changed

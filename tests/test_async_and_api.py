@@ -14,7 +14,7 @@ from hydrahead.runtime.async_personalizer import AsyncPersonalizer
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.errors import InvalidInputError, NotFoundError
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.simulator import SimulatedLLM
+from hydrahead.offline.simulator import SimulatedLLM
 from hydrahead.runtime.personalizer import Personalizer
 
 

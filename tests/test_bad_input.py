@@ -37,6 +37,8 @@ from hydrahead.runtime.paths import user_dir, validate_user_id
 from hydrahead.runtime.records import Record
 from hydrahead.runtime.store import DB_FILE, HistoryStore
 
+TESTING = Path(__file__).resolve().parents[1] / "testing"  # the shared helpers, for subprocesses
+
 ENC = HashingEncoder(16)
 
 
@@ -221,7 +223,7 @@ def test_tampered_index_with_matching_stamp_is_rebuilt_not_crashed(
     restamp(directory)
     script = textwrap.dedent(f"""
         import logging, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(TESTING)!r})
         logging.basicConfig(level=logging.WARNING)
         from fake_encoder import HashingEncoder
         from hydrahead.runtime.store import HistoryStore

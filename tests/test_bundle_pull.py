@@ -182,7 +182,7 @@ def test_a_bundle_update_that_changes_no_model_keeps_fitted_heads(
 
     from hydrahead.runtime.importing import import_records
     from hydrahead.runtime.llm.config import LLMConfig
-    from hydrahead.runtime.llm.offline import OfflineLLMServer
+    from hydrahead.offline.server import OfflineLLMServer
     from hydrahead.runtime.personalizer import Personalizer
 
     target = tmp_path / "bundle"

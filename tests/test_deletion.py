@@ -32,11 +32,13 @@ from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.errors import StoreError
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.offline import OfflineLLMServer
+from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.runtime.llm.outbox import ERASED, Outbox
 from hydrahead.runtime.personalizer import Personalizer
 from hydrahead.runtime.store import DB_FILE, HistoryStore
 from hydrahead.runtime.users import forget_user
+
+TESTING = Path(__file__).resolve().parents[1] / "testing"  # the shared helpers, for subprocesses
 
 MARK = "HHDEL{:04d}"
 
@@ -171,7 +173,7 @@ def test_an_interrupted_erasure_is_finished_on_the_next_open(tmp_path: Path) -> 
         "bytes_sent": 10})
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(TESTING)!r})
         from fake_encoder import HashingEncoder
         from hydrahead.runtime import erasure
         from hydrahead.runtime.store import HistoryStore
@@ -214,7 +216,7 @@ def test_forget_refuses_while_the_user_is_open_elsewhere(tmp_path: Path) -> None
     with HistoryStore.for_user("u", encoder=HashingEncoder(16), root=root) as store:
         store.add(sample_items(5))
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD.format(tests=str(Path(__file__).parent), root=str(root))],
+        [sys.executable, "-c", HOLD.format(tests=str(TESTING), root=str(root))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"

@@ -15,7 +15,7 @@ from hydrahead.runtime.errors import InvalidInputError
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.labeling import Labeler, _spread
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.offline import OfflineLLMServer
+from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.runtime.personalizer import Personalizer
 
 
@@ -114,7 +114,7 @@ def test_the_budget_caps_requests_sent_to_a_server_that_ignores_n(
 ) -> None:
     from fault_server import FaultServer, Reply
 
-    from hydrahead.runtime.llm.simulator import SimulatedLLM
+    from hydrahead.offline.simulator import SimulatedLLM
 
     simulator = SimulatedLLM()
 

@@ -1,4 +1,5 @@
-"""The package layout promises: the device side never pulls in torch or transformers."""
+"""The package layout promises: the device side never pulls in torch or transformers, nor the
+test and demo tools (the offline simulator, the benchmark, the demo)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "optimum")
+HEAVY = ("torch", "transformers", "optimum", "hydrahead.offline", "hydrahead.offline.simulator",
+         "hydrahead.benchmark", "hydrahead.demo")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -16,7 +18,7 @@ def _loaded_after(code: str) -> list[str]:
     return out.stdout.split()
 
 
-def test_runtime_imports_no_torch_or_transformers() -> None:
+def test_runtime_imports_no_torch_transformers_or_test_tools() -> None:
     import hydrahead.runtime as rt
     from pathlib import Path
 

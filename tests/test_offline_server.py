@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from hydrahead.runtime.errors import LLMError
-from hydrahead.runtime.llm.offline import CapturedRequest, OfflineLLMServer
-from hydrahead.runtime.llm.simulator import SimulatedLLM
+from hydrahead.offline.server import CapturedRequest, OfflineLLMServer
+from hydrahead.offline.simulator import SimulatedLLM
 from hydrahead.runtime.tasks import get_task
 
 PROMPT = get_task("GIT_area").render_prompt("Teach gitweb to show the blob in the html view.")

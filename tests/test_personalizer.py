@@ -23,7 +23,7 @@ from hydrahead.runtime.featurizer import base_fingerprint
 from hydrahead.runtime.heads import Head
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.offline import OfflineLLMServer
+from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.runtime.personalizer import Personalizer
 
 FAST_RETRY = {"max_retries": 1, "backoff_base": 0.01, "backoff_max": 0.02, "read_timeout": 0.5}

@@ -21,7 +21,7 @@ from synthetic_users import make_user
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.offline import OfflineLLMServer
+from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.runtime.llm.outbox import Outbox
 from hydrahead.runtime.personalizer import Personalizer
 

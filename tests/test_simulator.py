@@ -1,4 +1,4 @@
-"""The offline SIMULATOR's contract (see hydrahead.runtime.llm.simulator), point by point."""
+"""The offline SIMULATOR's contract (see hydrahead.offline.simulator), point by point."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from hydrahead.runtime.errors import InvalidInputError
-from hydrahead.runtime.llm.simulator import (SIMULATOR_FINGERPRINT, Example,
+from hydrahead.offline.simulator import (SIMULATOR_FINGERPRINT, Example,
                                              SimulatedLLM, parse_prompt)
 from hydrahead.runtime.records import Record
 from hydrahead.runtime.tasks import get_task

@@ -23,6 +23,8 @@ from hydrahead.runtime import hnsw_index
 from hydrahead.runtime.hnsw_index import INDEX_FILE, STAMP_FILE, VectorIndex
 from hydrahead.runtime.store import DB_FILE, HistoryStore
 
+TESTING = Path(__file__).resolve().parents[1] / "testing"  # the shared helpers, for subprocesses
+
 N_ITEMS = 300
 # Random query vectors, so that no two records tie: the hashing encoder's integer word counts
 # give text queries many equal scores, and a rebuilt graph may pick a different subset of the
@@ -144,7 +146,7 @@ def test_crash_before_the_index_is_saved(built, caplog, tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(TESTING)!r})
         from fake_encoder import HashingEncoder, sample_items
         from hydrahead.runtime.store import HistoryStore
         store = HistoryStore.at({str(directory)!r}, encoder=HashingEncoder(64), autosave_every=40)

@@ -18,7 +18,7 @@ from hydrahead.runtime.errors import HeadError
 from hydrahead.runtime.featurizer import OnnxFastBase, base_fingerprint, load_featurizer
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.llm.offline import OfflineLLMServer
+from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.runtime.pair_base import PairBase
 from hydrahead.runtime.personalizer import Personalizer
 

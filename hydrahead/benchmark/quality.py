@@ -187,7 +187,7 @@ class Results:
 def llm_endpoint(llm_url: str | None, offline: bool) -> Iterator[tuple[str, bool]]:
     """The endpoint to use: ``llm_url``, or the offline simulator started for the run."""
     if offline or not llm_url:
-        from hydrahead.runtime.llm.offline import OfflineLLMServer
+        from hydrahead.offline.server import OfflineLLMServer
 
         with OfflineLLMServer() as server:
             yield server.url, True

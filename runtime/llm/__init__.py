@@ -2,7 +2,7 @@
 
 :class:`LLMClient` sends prompts (with retries, n-candidate top-ups and an optional disk
 :class:`ResponseCache`), and records every HTTP attempt in the user's :class:`Outbox` ledger.
-The offline simulator lives in ``hydrahead.runtime.llm.offline`` (imported on demand).
+The offline simulator is not part of the runtime: it lives in :mod:`hydrahead.offline`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ examples stays under ``m * (MAX_EXAMPLE_CHARS + MAX_ANSWER_CHARS) + MAX_QUERY_CH
 few hundred characters. Answers are written on one line. A line inside a text that starts with
 ``###`` is rewritten to start with ``##`` so that no text can forge a section header; an example
 without an answer (LaMP-1 history items carry none) has no ``Answer:`` line. The offline
-simulator (:mod:`hydrahead.runtime.llm.simulator`) reads prompts back with these same headers.
+simulator (:mod:`hydrahead.offline.simulator`) reads prompts back with these same headers.
 
 Judging answers (as LaMP's evaluation does)
 -------------------------------------------

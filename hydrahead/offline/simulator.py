@@ -2,7 +2,7 @@
 
 hydrahead talks to a black-box LLM over an OpenAI-compatible API. Where none can be reached
 (tests, CI, offline demos) this simulator stands in for it behind
-:class:`~hydrahead.runtime.llm.offline.OfflineLLMServer`. Every response it makes says so
+:class:`~hydrahead.offline.server.OfflineLLMServer`. Every response it makes says so
 (``"model": "hydrahead-offline-simulator"``, ``"system_fingerprint":
 "hydrahead-offline-simulator-v1"`` and an ``x_hydrahead_simulator`` note). It is built so that
 personalisation is *measurable* with it: better-chosen history in the prompt gives better
@@ -64,8 +64,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError
-from ..tasks.base import (ANSWER_PREFIX, EXAMPLE_HEADER, EXAMPLES_HEADER, OPTIONS_PREFIX,
+from hydrahead.runtime.errors import InvalidInputError
+from hydrahead.runtime.tasks.base import (ANSWER_PREFIX, EXAMPLE_HEADER, EXAMPLES_HEADER, OPTIONS_PREFIX,
                           OPTIONS_SEPARATOR, QUERY_HEADER)
 
 SIMULATOR_MODEL = "hydrahead-offline-simulator"

@@ -1,6 +1,6 @@
 """An OpenAI-compatible HTTP server in front of the offline SIMULATOR (not a language model).
 
-:class:`OfflineLLMServer` serves :class:`~hydrahead.runtime.llm.simulator.SimulatedLLM` on
+:class:`OfflineLLMServer` serves :class:`~hydrahead.offline.simulator.SimulatedLLM` on
 loopback so that hydrahead's real HTTP client can be tested, and demoed, without any LLM:
 
 * ``POST /v1/chat/completions``: an OpenAI chat completion (``n`` choices); a body that is not
@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError, LLMError
+from hydrahead.runtime.errors import InvalidInputError, LLMError
 from .simulator import SIMULATOR_MODEL, SIMULATOR_NOTE, SimulatedLLM
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
