@@ -3,7 +3,11 @@
 It reproduces sentence-transformers' all-MiniLM-L6-v2: tokenize (truncating to the model's
 maximum length), run the transformer, average the token vectors of each text (mean pooling
 with the attention mask), and L2-normalise. Texts are batched in order of token length so that
-a batch carries little padding; the result comes back in input order.
+a batch carries little padding, and a batch holds at most ``max_batch_tokens`` padded tokens
+(and ``batch_size`` texts): many short texts go together, long ones a few at a time. On a 2-core
+CPU that is both faster and leaner than a fixed batch of 32 (git-lamp commit texts: 202 against
+140 texts/s, peak memory 184 against 741 MiB; see bench/test_store_bench.py); the result comes
+back in input order.
 
 Note: with a dynamically quantized (int8) model, the activation scale of each layer is taken
 over the whole batch, so a text's embedding depends very slightly on the texts it is batched
@@ -56,6 +60,10 @@ def physical_cores() -> int:
     return max(1, len(cores) or len(usable))
 
 
+DEFAULT_BATCH_TOKENS = 512
+"""Padded tokens per inference call by default (see the module docstring)."""
+
+
 class Encoder:
     """Embeds texts with the bundle's sentence encoder.
 
@@ -63,9 +71,11 @@ class Encoder:
         bundle: An opened :class:`Bundle` or the path of a bundle directory (opened and
             verified here).
         threads: onnxruntime intra-op threads; default: the number of physical cores.
-        batch_size: Texts per inference call in :meth:`encode`.
+        batch_size: Most texts per inference call in :meth:`encode`.
         max_length: Truncate texts to this many tokens (special tokens included); default and
             upper limit: the bundle's ``max_seq_length``.
+        max_batch_tokens: Most padded tokens per inference call (a text longer than this goes
+            alone); bounds the memory of one call.
 
     Attributes:
         dim: Embedding size (384 for all-MiniLM-L6-v2).
@@ -88,6 +98,7 @@ class Encoder:
         threads: int | None = None,
         batch_size: int = 32,
         max_length: int | None = None,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> None:
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(bundle)
@@ -110,6 +121,7 @@ class Encoder:
             normalize=bool(spec.get("normalize", True)),
             threads=threads,
             batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
         )
         if self.dim != spec["embedding_dim"]:
             raise BundleError(
@@ -130,6 +142,7 @@ class Encoder:
         normalize: bool = True,
         threads: int | None = None,
         batch_size: int = 32,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> Encoder:
         """Build an encoder from an ONNX model and a tokenizer.json outside any bundle.
 
@@ -144,6 +157,7 @@ class Encoder:
             normalize=normalize,
             threads=threads,
             batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
         )
         encoder.bundle = None
         encoder.fingerprint = None
@@ -158,6 +172,7 @@ class Encoder:
         normalize: bool,
         threads: int | None,
         batch_size: int,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> None:
         if threads is None:
             threads = physical_cores()
@@ -165,6 +180,11 @@ class Encoder:
             raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
         self.batch_size = _check_batch_size(batch_size)
+        if (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int)
+                or max_batch_tokens < 1):
+            raise InvalidInputError(
+                f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
+        self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length
         self.normalize = normalize
 
@@ -211,7 +231,9 @@ class Encoder:
 
         Args:
             texts: The texts (a list or other sequence of str; not a single str).
-            batch_size: Texts per inference call (default: the encoder's ``batch_size``).
+            batch_size: Exactly this many texts per inference call, whatever their length
+                (default: batches of at most ``batch_size`` texts and ``max_batch_tokens``
+                padded tokens).
 
         Returns:
             float32 array of shape ``(len(texts), dim)``, L2-normalised rows, in input order.
@@ -221,16 +243,25 @@ class Encoder:
                 non-string.
         """
         texts = _check_texts(texts)
-        size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        fixed = None if batch_size is None else _check_batch_size(batch_size)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         encodings = self.tokenizer.encode_batch(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
         order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(texts), size):
-            rows = order[start : start + size]
+        start = 0
+        while start < len(texts):
+            end = start + 1
+            if fixed is not None:
+                end = min(start + fixed, len(texts))
+            else:  # sorted by length: the last text of a batch is its longest
+                while (end < len(texts) and end - start < self.batch_size
+                       and (end - start + 1) * lengths[order[end]] <= self.max_batch_tokens):
+                    end += 1
+            rows = order[start:end]
             out[rows] = self._embed_batch([encodings[i] for i in rows])
+            start = end
         return out
 
     def encode_one(self, text: str) -> np.ndarray:

@@ -2,14 +2,16 @@
 
 A LaMP questions file holds many users' questions, each with the author's profile; importing
 one user takes the union of that user's profiles (deduplicated by item id). Importing is
-idempotent: records whose id is already stored are replaced, not duplicated.
+idempotent: records whose id is already stored are replaced, not duplicated. A JSONL file is
+read twice, one line at a time: once to check every record (nothing is written if one is bad),
+then to add them ``IMPORT_BATCH`` at a time, so memory does not grow with the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +31,29 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Raises:
         InvalidInputError: naming the line that is not a JSON object.
     """
-    rows = []
+    return [row for _, row in iter_jsonl(path)]
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("file:line", object)`` for each line, reading one line at a time.
+
+    Raises:
+        InvalidInputError: naming the line that is not UTF-8 or not a JSON object.
+    """
     try:
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise InvalidInputError(
-                        f"{path}:{lineno}: not UTF-8 text (save the file as UTF-8)") from None
-                if not line.strip():
-                    continue
-                rows.append(_json_object(line, f"{path}:{lineno}"))
+        fh = open(path, "rb")
     except FileNotFoundError:
         raise InvalidInputError(f"no such file: {path}") from None
-    return rows
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"{where}: not UTF-8 text (save the file as UTF-8)"
+                                        ) from None
+            if line.strip():
+                yield where, _json_object(line, where)
 
 
 def _json_object(line: str, where: str) -> dict[str, Any]:
@@ -109,12 +119,47 @@ def import_records(store: HistoryStore, task: Task, rows: Iterable[dict[str, Any
     """
     records: list[Record] = [task.record_from_profile(row) for row in rows]
     as_records(records)  # repeated ids are refused before anything is written
-    with tqdm(total=len(records), desc="importing", unit="record", disable=not progress) as bar:
-        for start in range(0, len(records), IMPORT_BATCH):
-            batch = records[start : start + IMPORT_BATCH]
+    return _add_in_batches(store, records, len(records), progress)
+
+
+def _add_in_batches(store: HistoryStore, records: Iterable[Record], total: int,
+                    progress: bool) -> int:
+    n = 0
+    with tqdm(total=total, desc="importing", unit="record", disable=not progress) as bar:
+        for batch in _batches(records, IMPORT_BATCH):
             store.add(batch, upsert=True)
             bar.update(len(batch))
-    return len(records)
+            n += len(batch)
+    return n
+
+
+def _batches(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _jsonl_records(path: Path, task: Task) -> Iterator[Record]:
+    for where, row in iter_jsonl(path):
+        try:
+            yield task.record_from_profile(row)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from None
+
+
+def _check_jsonl(path: Path, task: Task) -> int:
+    """Read the whole file once, checking every record and that ids are unique; the count."""
+    seen: set[str] = set()
+    for record in _jsonl_records(path, task):
+        if record.id in seen:
+            raise InvalidInputError(f"{path}: record id {record.id!r} appears twice")
+        seen.add(record.id)
+    return len(seen)
 
 
 def import_file(
@@ -146,16 +191,20 @@ def import_file(
     """
     task_obj = task if isinstance(task, Task) else get_task(task)
     p = Path(path)
-    if p.suffix == ".jsonl":
-        rows = read_jsonl(p)
+    if p.suffix == ".jsonl":  # streamed twice: checked whole, then added batch by batch
+        total = _check_jsonl(p, task_obj)
+        records: Iterable[Record] = _jsonl_records(p, task_obj)
     else:
         rows = lamp_profile(load_lamp_questions(p), lamp_user or user_id)
+        records = [task_obj.record_from_profile(row) for row in rows]
+        as_records(records)
+        total = len(records)
     if encoder is None:
         from .encoder import Encoder
 
         encoder = Encoder(bundle)
     with HistoryStore.for_user(user_id, encoder=encoder, root=root) as store:
-        n = import_records(store, task_obj, rows, progress=progress)
+        n = _add_in_batches(store, records, total, progress)
     remember_task(user_id, _task_reference(task, task_obj), root)
     return n
 
