@@ -69,6 +69,7 @@ from .errors import (
 from .hnsw_index import IndexParams, UnusableIndexError, VectorIndex, remove_temp_files
 from .paths import make_private_dir, user_dir
 from .records import Change, Hit, Record, as_ids, as_records, check_int, check_text
+from .store_cache import ReadCache
 from .store_db import (
     DB_FILE,
     STORE_FORMAT_VERSION,
@@ -184,6 +185,7 @@ class HistoryStore:
         self._autosave_every = autosave_every
         self._dirty = 0
         self._identity: tuple[int, int] | None = None
+        self._cache = ReadCache()
         try:
             self._open(on_encoder_change)
         except BaseException:
@@ -289,6 +291,7 @@ class HistoryStore:
                     f"{len(existing)} id(s) are already stored ({shown}); pass upsert=True "
                     "(or call upsert()) to replace them, or delete them first"
                 )
+            self._cache.clear()
             for start in range(0, len(records), batch_size):
                 batch = records[start : start + batch_size]
                 if embeddings is None:
@@ -372,6 +375,7 @@ class HistoryStore:
             unique = list(dict.fromkeys(as_ids(ids)))
             labels = db.labels_of(unique)
             _raise_if_missing(unique, labels)
+            self._cache.clear()
             db.delete([labels[i] for i in unique])
             self._update_index(lambda: self._index.delete(labels[i] for i in unique))
             self._dirty += len(unique)
@@ -482,7 +486,8 @@ class HistoryStore:
                 or not -1.0 <= threshold <= 1.0):
             raise InvalidInputError(f"threshold must be a number from -1 to 1, got {threshold!r}")
         with self._mutex:
-            db = self._open_db()
+            db = self._open_db(quick=True)
+            self._cache.sync(db.data_version())
             if isinstance(query, str):
                 q = self._embed([check_text(query, "query text")])[0]
             else:
@@ -490,14 +495,15 @@ class HistoryStore:
             if filter is None or (isinstance(filter, Mapping) and not filter):
                 labels = store_search.search_all(db, self._index, q, k)
             elif isinstance(filter, Mapping):
-                labels = store_search.search_matching(db, self._index, q, k, filter)
+                labels = store_search.search_matching(db, self._index, q, k, filter,
+                                                      self._cache)
             elif callable(filter):
                 labels = store_search.search_predicate(db, self._index, q, k, filter)
             else:
                 raise InvalidInputError(
                     f"filter must be a dict or a callable, got {type(filter).__name__}"
                 )
-            found = store_search.hits(db, labels, q, k)
+            found = store_search.hits(db, labels, q, k, self._cache)
             return found if threshold is None else [h for h in found if h.score >= threshold]
 
     # ------------------------------------------------------------------ export, lifecycle
@@ -698,11 +704,11 @@ class HistoryStore:
     def _checked_vectors(self, vectors: object, n: int, what: str = "vectors") -> np.ndarray:
         return checked_vectors(vectors, n, self._dim, what)
 
-    def _open_db(self) -> RecordDB:
+    def _open_db(self, quick: bool = False) -> RecordDB:
         """The database, if the store is open and its files are still where they were."""
         if self._closed or self._db is None:
             raise StoreError(f"the store at {self._dir} is closed; open it again to use it")
-        if not self._present():
+        if not self._present(quick):
             raise StoreError(
                 f"the store at {self._dir} was removed while it was open (e.g. by `hydrahead "
                 "forget`); nothing was written. Close it; opening the user again starts an "
@@ -710,8 +716,20 @@ class HistoryStore:
             )
         return self._db
 
-    def _present(self) -> bool:
-        """True while the database file at our path is the one we opened."""
+    def _present(self, quick: bool = False) -> bool:
+        """True while the database file at our path is the one we opened.
+
+        ``quick`` (for reads): only check that the lock file we hold is still linked, which
+        it is not once the directory was removed (an ``fstat``, no path lookup).
+        """
+        if self._lock_file is not None and hasattr(self._lock_file, "fileno"):
+            try:
+                if os.fstat(self._lock_file.fileno()).st_nlink == 0:
+                    return False
+            except OSError:
+                return False
+            if quick:
+                return True
         try:
             stat = (self._dir / DB_FILE).stat()
         except OSError:

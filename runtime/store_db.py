@@ -179,6 +179,10 @@ class RecordDB:
             raise
         self.restrict_file_modes()
 
+    def data_version(self) -> int:
+        """SQLite's ``data_version``: changes when another connection commits."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
     def generation(self) -> int:
         """The write counter the triggers keep (changed by every insert, update and delete)."""
         return int(self._conn.execute(

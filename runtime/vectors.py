@@ -51,6 +51,12 @@ def checked_vectors(vectors: object, n: int, dim: int, what: str = "vectors") ->
     Raises:
         InvalidInputError: not numbers, the wrong shape, not finite, or a zero vector.
     """
+    if (what == "query vector" and isinstance(vectors, np.ndarray)
+            and vectors.dtype == np.float32 and vectors.shape == (dim,)):
+        # The common case, checked without copies: a float32 vector of the right size.
+        norm2 = float(vectors @ vectors)
+        if np.isfinite(norm2) and norm2 > 0 and np.isfinite(vectors).all():
+            return np.ascontiguousarray(vectors)[None, :]
     try:
         array = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError, OverflowError) as exc:

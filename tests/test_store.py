@@ -711,3 +711,51 @@ def test_search_threshold(store: HistoryStore) -> None:
     assert [h.record.id for h in store.search(q, k=50, threshold=0.999)] == ["r7"]
     with pytest.raises(InvalidInputError):
         store.search(q, threshold=1.5)
+
+
+# ---------------------------------------------------------------------- the read cache
+
+
+def test_the_read_cache_never_serves_stale_records(store: HistoryStore, store_dir: Path) -> None:
+    store.add(sample_items(300))
+    q = store.vectors(["r5"])[0]
+    first = store.search(q, k=3, filter={"tag": "doc"})
+    # A caller changing a hit changes nothing stored or cached.
+    first[0].record.fields["tag"] = "changed by the caller"
+    assert store.search(q, k=3, filter={"tag": "doc"})[0].record.fields["tag"] == "doc"
+    # Our own writes: the filter's matches and the rows are read again.
+    store.add([{"id": "new-doc", "text": store.get("r5").text, "tag": "doc"}])
+    assert "new-doc" in {h.record.id for h in store.search(q, k=3, filter={"tag": "doc"})}
+    store.delete(["new-doc"])
+    assert "new-doc" not in {h.record.id for h in store.search(q, k=3, filter={"tag": "doc"})}
+    # Another connection's commit (SQLite's data_version changes): read again too.
+    top = store.search(q, k=1)[0].record.id
+    conn = sqlite3.connect(store_dir / DB_FILE)
+    try:
+        with conn:
+            conn.execute("UPDATE items SET text = 'edited elsewhere' WHERE id = ?", (top,))
+    finally:
+        conn.close()
+    assert store.search(q, k=1)[0].record.text == "edited elsewhere"
+
+
+@pytest.mark.parametrize("share", [0.004, 0.03, 0.1, 0.5])
+def test_dict_filters_find_the_exact_top_k_at_any_selectivity(
+    store: HistoryStore, share: float
+) -> None:
+    rng = np.random.default_rng(4)
+    items = sample_items(3000)
+    for item in items:
+        item["flag"] = bool(rng.random() < share)
+    store.add(items)
+    flagged = [i["id"] for i in items if i["flag"]]
+    flagged_vectors = store.vectors(flagged)
+    recalls = []
+    for q in rng.normal(size=(20, store.dim)).astype(np.float32):
+        hits = store.search(q, k=10, filter={"flag": True})
+        assert len(hits) == min(10, len(flagged))
+        assert {h.record.id for h in hits} <= set(flagged)
+        cos = flagged_vectors @ q / (np.linalg.norm(flagged_vectors, axis=1) * np.linalg.norm(q))
+        truth = {flagged[i] for i in np.argsort(-cos)[:10]}
+        recalls.append(len(truth & {h.record.id for h in hits}) / len(truth))
+    assert np.mean(recalls) >= 0.95, recalls  # approximate (HNSW) where it must be
