@@ -63,6 +63,8 @@ from .tasks import Task, get_task
 
 logger = logging.getLogger("hydrahead")
 
+CANDIDATE_CACHE = 1024
+"""Candidate texts whose embeddings a personalizer keeps (see ``candidate_vectors``)."""
 MAX_FEEDBACK = 2000
 """Feedback groups kept per head (the oldest go first)."""
 ROLES = ("reranker", "adapter")
@@ -181,6 +183,7 @@ class Personalizer:
         self.k, self.m, self.n = k, m, n
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.greedy = greedy
+        self._candidate_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.featurizers: dict[str, Featurizer] = {
             role: load_featurizer(bundle, role) for role in ROLES}
         _check_bases(self.featurizers, bundle)
@@ -478,7 +481,7 @@ class Personalizer:
     ) -> list[Candidate]:
         if not texts:
             return []
-        vecs = self.encoder.encode(list(texts))
+        vecs = self.candidate_vectors(texts)
         X = candidate_features(self.task, context, texts, vecs)
         scores = self.adapter_scores(query, context.query_vec, texts, vecs, X)
         cands = [
@@ -579,7 +582,7 @@ class Personalizer:
         labels = {"reranker": PairSet(), "adapter": PairSet()}
         if others:
             texts = [answer, *others]
-            vecs = self.encoder.encode(texts)
+            vecs = self.candidate_vectors(texts)
             labels["adapter"].add(context.query_vec, vecs, [1.0] + [0.0] * len(others),
                                   candidate_features(self.task, context, texts, vecs),
                                   query_text=query, item_texts=texts)
@@ -610,6 +613,26 @@ class Personalizer:
         except FileNotFoundError:
             return {}
         return labels
+
+    def candidate_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of candidate texts, from a bounded cache where they were seen before.
+
+        Candidates repeat (a classification task's answers are its labels): only new texts
+        are encoded. The cache holds :data:`CANDIDATE_CACHE` texts, least recently used first
+        out; it lives with this personalizer, in memory only.
+        """
+        texts = list(texts)
+        new = list(dict.fromkeys(t for t in texts if t not in self._candidate_cache))
+        if new:
+            for text, vector in zip(new, self.encoder.encode(new)):
+                self._candidate_cache[text] = vector
+        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = self._candidate_cache[text]
+            self._candidate_cache.move_to_end(text)
+        while len(self._candidate_cache) > CANDIDATE_CACHE:
+            self._candidate_cache.popitem(last=False)
+        return out
 
     def _same(self, a: Any, b: Any) -> bool:
         return self.task.kind != "generation" and a is not None and a == b
@@ -698,7 +721,7 @@ class Personalizer:
             if not all(i in self.store for i in ids):
                 return None
             return self.store.vectors(list(ids))
-        return self.encoder.encode(list(texts))  # LLM candidates
+        return self.candidate_vectors(texts)  # LLM candidates
 
     # ------------------------------------------------------------------ forget
     def forget(self) -> None:

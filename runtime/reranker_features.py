@@ -13,6 +13,7 @@ head learns from graded labels which of the others matter for this user.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -57,10 +58,10 @@ def reranker_features(
     if n == 0:
         return X.astype(np.float32)
     X[:, 0] = np.asarray(cosines, dtype=np.float64)
-    words = [set(_WORD.findall(task.example_text(r).lower())) for r in records]
-    df = Counter(w for ws in words for w in ws)
-    query_words = set(_WORD.findall(query.lower()))
-    idf = {w: math.log((n + 1) / (df.get(w, 0) + 0.5)) for w in query_words}
+    words = [_words(task.example_text(r)) for r in records]
+    query_words = _words(query)
+    # Document frequencies of the query's words only (the only ones idf is needed for).
+    idf = {w: math.log((n + 1) / (sum(w in ws for ws in words) + 0.5)) for w in query_words}
     total = sum(idf.values())
     if total > 0:
         X[:, 1] = [sum(idf[w] for w in query_words & ws) / total for ws in words]
@@ -72,6 +73,12 @@ def reranker_features(
     else:
         X[:, 3] = 0.5
     return X.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8192)
+def _words(text: str) -> frozenset[str]:
+    """The lower-cased words of a record's example text (cached: records come back often)."""
+    return frozenset(_WORD.findall(text.lower()))
 
 
 def _consensus(task: Task, answers: Sequence[str | None]) -> np.ndarray:
