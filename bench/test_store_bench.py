@@ -242,6 +242,12 @@ def test_search_p50_and_recall(benchmark, built_stores, tmp_path_factory, n: int
     raw_p50 = _p50_ms(lambda q: raw_index.knn_query(q, k=K, num_threads=1), [(q,) for q in queries])
     filtered_10 = _p50_ms(lambda q: store.search(q, k=K, filter={"tag": "t3"}),
                           [(q,) for q in queries[:100]])
+    # Recall of the 10%-filter search against the exact top 10 among the matching records.
+    matching = [i for i in range(n) if i % 10 == 3]
+    filtered_recall = float(np.mean([
+        len({h.record.id for h in store.search(q, k=K, filter={"tag": "t3"})}
+            & {f"i{matching[j]}" for j in np.argsort(-(data[matching] @ q))[:K]}) / K
+        for q in queries[:100]]))
     filtered_05 = _p50_ms(lambda q: store.search(q, k=K, filter={"rare": True}),
                           [(q,) for q in queries[:100]])
     benchmark.extra_info.update({
@@ -254,6 +260,7 @@ def test_search_p50_and_recall(benchmark, built_stores, tmp_path_factory, n: int
         "raw_hnswlib_knn_p50_ms": round(raw_p50, 4),
         "store_overhead_ms": round(p50_ms - raw_p50, 4),
         "dict_filter_10pct_p50_ms": round(filtered_10, 3),
+        "dict_filter_10pct_recall_at_10": round(filtered_recall, 4),
         "dict_filter_0.5pct_p50_ms": round(filtered_05, 3),
         "build_seconds": round(built["build_seconds"], 1),
         "reopen_seconds": round(built["reopen_seconds"], 3),

@@ -30,7 +30,7 @@ from .store_db import RecordDB, record_of
 
 EXACT_SEARCH_MAX = 1000
 """A dict filter matching at most this many records may be answered by an exact scan."""
-OVERSAMPLE = 2.0
+OVERSAMPLE = 1.25
 """How many more neighbours than the matches should hold an oversampled search fetches."""
 EXACT_COST = 1.0
 """Cost of scoring one record exactly (an SQLite read) against one graph neighbour fetched."""
