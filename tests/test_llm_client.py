@@ -17,7 +17,7 @@ from fault_server import Captured, FaultServer, Reply, chat_body, chat_reply, er
 
 from hydrahead.runtime.errors import InvalidInputError, LLMError, LLMResponseError
 from hydrahead.runtime.llm import Completion, LLMClient, LLMConfig, Outbox, ResponseCache
-from hydrahead.runtime.llm.client import parse_retry_after
+from hydrahead.runtime.llm.wire import parse_retry_after
 from hydrahead.runtime.llm.outbox import RESPONSE_LIMIT, format_record
 
 KEY = "sk-hydrahead-TEST-9f3c1e7a5b2d4c6e8f0a1b3c5d7e9f1a"

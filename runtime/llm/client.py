@@ -55,16 +55,14 @@ What it does on top of a bare POST:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
 import threading
 import time
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Callable, Mapping, Sequence
 
@@ -85,16 +83,21 @@ from ..errors import InvalidInputError, LLMBudgetError, LLMError, LLMResponseErr
 from .cache import ResponseCache
 from .config import TOKEN_FIELDS, LLMConfig
 from .outbox import Outbox, now_utc
+from .wire import (
+    ParsedAnswer,
+    describe_error,
+    is_int,
+    Malformed,
+    chat_messages,
+    parse_completion,
+    preview,
+    redact,
+    server_message,
+    usage_of,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
-
-SIMULATOR_PREFIX = "hydrahead-offline-simulator"
-"""A response whose ``system_fingerprint`` or ``model`` starts with this came from the simulator."""
-
-PREVIEW_CHARS = 200
-"""How much of an answer body an error message quotes."""
-
-REDACTED = "[REDACTED]"
 
 
 @dataclass(frozen=True)
@@ -125,18 +128,6 @@ class Completion:
     truncated: int = 0
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """The useful part of one successful HTTP answer."""
-
-    texts: list[str]
-    model: str | None
-    simulated: bool
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    truncated: int = 0
-
-
 class RequestBudget:
     """A cap on HTTP requests sent, shared by many :meth:`LLMClient.complete` calls and threads.
 
@@ -145,7 +136,7 @@ class RequestBudget:
     """
 
     def __init__(self, limit: int) -> None:
-        if not _is_int(limit) or limit < 0:
+        if not is_int(limit) or limit < 0:
             raise InvalidInputError(f"a request budget must be an integer >= 0, got {limit!r}")
         self.limit = limit
         self._sent = 0
@@ -181,10 +172,6 @@ class _Retryable(Exception):
         self.description = description
         self.retry_after = retry_after
         self.bad_response = bad_response  # the server answered, but not usefully
-
-
-class _Malformed(ValueError):
-    """A 2xx body that is not a chat completion."""
 
 
 class _WrongTokenField(Exception):
@@ -323,9 +310,9 @@ class LLMClient:
                           sum(a.truncated for a in answers))
 
     def _extra_calls(self, bodies: list[dict[str, Any]], tally: _Tally
-                     ) -> list[_Answer | LLMError]:
+                     ) -> list[ParsedAnswer | LLMError]:
         """Send extra calls concurrently; each result (or its LLMError) in call order."""
-        def one(extra_body: dict[str, Any]) -> _Answer | LLMError:
+        def one(extra_body: dict[str, Any]) -> ParsedAnswer | LLMError:
             try:
                 return self._request(extra_body, require_choices=False, tally=tally)
             except LLMError as exc:
@@ -377,19 +364,19 @@ class LLMClient:
 
     def _body(self, prompt: str | Sequence[Mapping[str, Any]], *, n: int, temperature: float,
               max_tokens: int, seed: int | None) -> dict[str, Any]:
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise InvalidInputError(f"n must be an integer >= 1, got {n!r}")
-        if not _is_int(max_tokens) or max_tokens < 1:
+        if not is_int(max_tokens) or max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
         if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
                 or not math.isfinite(temperature) or temperature < 0):
             raise InvalidInputError(
                 f"temperature must be a finite number >= 0, got {temperature!r}")
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise InvalidInputError(f"seed must be an integer or None, got {seed!r}")
         body: dict[str, Any] = {
             "model": self.config.model,
-            "messages": _messages(prompt),
+            "messages": chat_messages(prompt),
             "n": n,
             "temperature": float(temperature),  # 0 and 0.0 must be the same request (cache key)
             self._token_field: max_tokens,
@@ -398,7 +385,7 @@ class LLMClient:
             body["seed"] = seed
         return body
 
-    def _request(self, body: dict[str, Any], *, require_choices: bool, tally: _Tally) -> _Answer:
+    def _request(self, body: dict[str, Any], *, require_choices: bool, tally: _Tally) -> ParsedAnswer:
         """POST ``body`` with retries; return the parsed answer or raise LLMError."""
         try:
             return self._request_once(body, require_choices=require_choices, tally=tally)
@@ -412,7 +399,7 @@ class LLMClient:
             return self._request_once(swapped, require_choices=require_choices, tally=tally)
 
     def _request_once(self, body: dict[str, Any], *, require_choices: bool, tally: _Tally
-                      ) -> _Answer:
+                      ) -> ParsedAnswer:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         key = self.config.api_key()
         headers = {"Content-Type": "application/json"}
@@ -460,7 +447,7 @@ class LLMClient:
                     state.attempt_number, self.config.max_retries + 1, failure, delay)
 
     def _attempt(self, data: bytes, headers: dict[str, str], key: str | None, attempt: int,
-                 require_choices: bool, tally: _Tally, body: Mapping[str, Any]) -> _Answer:
+                 require_choices: bool, tally: _Tally, body: Mapping[str, Any]) -> ParsedAnswer:
         """One HTTP attempt: send, record in the outbox, interpret."""
         url = self.config.chat_url
         if self.outbox is not None:
@@ -474,9 +461,9 @@ class LLMClient:
         except (_Retryable, LLMError) as exc:
             self._record(**record, status=None, text=None, bytes_received=0, error=str(exc))
             raise
-        text = _redact(raw.decode("utf-8", errors="replace"), key)
+        text = redact(raw.decode("utf-8", errors="replace"), key)
         self._record(**record, status=status, text=text, bytes_received=len(raw), error=None,
-                     usage=_usage(raw) if complete and 200 <= status < 300 else None)
+                     usage=usage_of(raw) if complete and 200 <= status < 300 else None)
         if not complete:
             raise LLMResponseError(
                 f"the answer from {url} is larger than max_response_bytes="
@@ -522,7 +509,7 @@ class LLMClient:
             if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
                 raise _Retryable(f"no answer from {url} within the read timeout of "
                                  f"{min(self.config.read_timeout, budget):g} s") from None
-            raise _Retryable(f"cannot reach {url}: {_describe(exc, key)}") from None
+            raise _Retryable(f"cannot reach {url}: {describe_error(exc, key)}") from None
         except requests.Timeout as exc:
             connect = isinstance(exc, requests.ConnectTimeout)
             which = "connect" if connect else "read"
@@ -532,37 +519,37 @@ class LLMClient:
             ) from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as exc:
-            raise _Retryable(f"cannot reach {url}: {_describe(exc, key)}") from None
+            raise _Retryable(f"cannot reach {url}: {describe_error(exc, key)}") from None
         except requests.RequestException as exc:
-            raise LLMError(f"request to {url} failed: {_describe(exc, key)}") from None
+            raise LLMError(f"request to {url} failed: {describe_error(exc, key)}") from None
 
     def _interpret(self, url: str, status: int, resp_headers: Mapping[str, str], raw: bytes,
                    text: str, require_choices: bool, key: str | None,
-                   body: Mapping[str, Any]) -> _Answer:
-        """Turn an HTTP answer into an _Answer, a retry, or an LLMError."""
-        preview = _preview(text)
+                   body: Mapping[str, Any]) -> ParsedAnswer:
+        """Turn an HTTP answer into a ParsedAnswer, a retry, or an LLMError."""
+        quoted = preview(text)
         if 200 <= status < 300:
             try:
-                answer, cut = _parse_completion(raw, key)
-            except _Malformed as exc:
+                answer, cut = parse_completion(raw, key)
+            except Malformed as exc:
                 raise _Retryable(
-                    f"HTTP {status} from {url} is not a chat completion ({exc}); body: {preview}",
+                    f"HTTP {status} from {url} is not a chat completion ({exc}); body: {quoted}",
                     bad_response=True,
                 ) from None
             if require_choices and not answer.texts:
-                raise _Retryable(f"HTTP {status} from {url} returned no choices; body: {preview}",
+                raise _Retryable(f"HTTP {status} from {url} returned no choices; body: {quoted}",
                                  bad_response=True)
             return self._truncation_policy(answer, cut, url, body)
         if status == 429 or 500 <= status < 600:
-            raise _Retryable(f"HTTP {status} from {url}: {preview}",
+            raise _Retryable(f"HTTP {status} from {url}: {quoted}",
                              retry_after=parse_retry_after(resp_headers.get("Retry-After")))
         if 300 <= status < 400:
-            location = _redact(_preview(resp_headers.get("Location", "?")), key)
+            location = redact(preview(resp_headers.get("Location", "?")), key)
             raise LLMError(
                 f"HTTP {status} from {url}: redirected to {location} (not followed); "
                 "set base_url to the final address"
             )
-        message = _server_message(text)
+        message = server_message(text)
         if status == 400:
             used = next((f for f in TOKEN_FIELDS if f in body), None)
             other = next((f for f in TOKEN_FIELDS if f != used), None)
@@ -577,8 +564,8 @@ class LLMClient:
             hint = " (check base_url, which usually ends in /v1, and the model name)"
         raise LLMError(f"HTTP {status} from {url}: {message}{hint}")
 
-    def _truncation_policy(self, answer: _Answer, cut: list[bool], url: str,
-                           body: Mapping[str, Any]) -> _Answer:
+    def _truncation_policy(self, answer: ParsedAnswer, cut: list[bool], url: str,
+                           body: Mapping[str, Any]) -> ParsedAnswer:
         """Apply ``on_truncated`` to the choices the server cut at the token limit."""
         if not any(cut):
             return answer
@@ -593,7 +580,7 @@ class LLMClient:
             t for t, c in zip(answer.texts, cut) if not c]
         log.info("%d of %d choice(s) were cut at the token limit (%s): %s", sum(cut), len(cut),
                  limit, "kept" if policy == "keep" else "dropped")
-        return _Answer(texts, answer.model, answer.simulated, answer.prompt_tokens,
+        return ParsedAnswer(texts, answer.model, answer.simulated, answer.prompt_tokens,
                        answer.completion_tokens, sum(cut))
 
     def _record(self, url: str, attempt: int, data: bytes, started: datetime, t0: float,
@@ -611,158 +598,6 @@ class LLMClient:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay seconds or an HTTP date).
-
-    Returns None when the header is absent or unreadable; never a negative number.
-    """
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _usage(raw: bytes) -> dict[str, int] | None:
-    """The token counts an answer reports (``usage``), or None."""
-    try:
-        usage = json.loads(raw).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    if not isinstance(usage, dict):
-        return None
-    counts = {k: usage[k] for k in ("prompt_tokens", "completion_tokens")
-              if _is_int(usage.get(k)) and usage[k] >= 0}
-    return counts or None
-
-
-def _parse_completion(raw: bytes, key: str | None = None) -> tuple[_Answer, list[bool]]:
-    """Read texts, model and simulator flag from a chat completion body (``key`` redacted),
-    and which choices were cut at the token limit."""
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise _Malformed(f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise _Malformed(f"expected a JSON object, got {type(data).__name__}")
-    choices = data.get("choices")
-    if not isinstance(choices, list):
-        raise _Malformed("no 'choices' list")
-    indexed: list[tuple[int, str, bool]] = []
-    for pos, choice in enumerate(choices):
-        if not isinstance(choice, dict):
-            raise _Malformed(f"choice {pos} is not an object")
-        message = choice.get("message")
-        if isinstance(message, dict) and "content" in message:
-            content = message["content"]
-        elif "text" in choice:  # a few servers answer in the legacy completions shape
-            content = choice["text"]
-        else:
-            raise _Malformed(f"choice {pos} has no message.content")
-        if content is None:  # e.g. a refusal or tool call: no text
-            content = ""
-        if not isinstance(content, str):
-            raise _Malformed(f"choice {pos} content is {type(content).__name__}, not a string")
-        index = choice.get("index")
-        indexed.append((index if _is_int(index) else pos, content,
-                        choice.get("finish_reason") == "length"))
-    indexed.sort(key=lambda item: item[0])  # stable: keeps server order on ties
-    model = data.get("model") if isinstance(data.get("model"), str) else None
-    fingerprint = data.get("system_fingerprint")
-    simulated = any(isinstance(v, str) and v.startswith(SIMULATOR_PREFIX)
-                    for v in (fingerprint, model))
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
-    tokens = [t if _is_int(t) and t >= 0 else 0 for t in tokens]
-    answer = _Answer([_redact(content, key) for _, content, _ in indexed], model, simulated,
-                     *tokens)
-    return answer, [cut for _, _, cut in indexed]
-
-
-def _messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The chat messages of ``prompt`` (a string becomes one user message)."""
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise InvalidInputError("prompt must not be empty")
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Sequence) or not prompt:
-        raise InvalidInputError(
-            "prompt must be a non-empty string or a non-empty list of "
-            '{"role": ..., "content": ...} messages'
-        )
-    messages = []
-    for i, message in enumerate(prompt):
-        if (not isinstance(message, Mapping) or not isinstance(message.get("role"), str)
-                or not isinstance(message.get("content"), str)):
-            raise InvalidInputError(
-                f'message {i} must be a mapping with string "role" and "content", got {message!r}'
-            )
-        messages.append(dict(message))
-    try:
-        json.dumps(messages)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"messages must be JSON-serialisable: {exc}") from None
-    return messages
-
-
-def _server_message(text: str) -> str:
-    """The error message in an OpenAI-style error body, else the start of the body."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return _preview(text)
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return _preview(err["message"])
-        for candidate in (err, data.get("message"), data.get("detail")):
-            if isinstance(candidate, str):
-                return _preview(candidate)
-    return _preview(text)
-
-
-def _preview(text: str) -> str:
-    text = text.strip()
-    if not text:
-        return "(empty body)"
-    return text[:PREVIEW_CHARS] + ("..." if len(text) > PREVIEW_CHARS else "")
-
-
-def _redact(text: str, key: str | None) -> str:
-    """``text`` with the key, and its URL-encoded forms, replaced by ``[REDACTED]``."""
-    if not key:
-        return text
-    for form in dict.fromkeys((key, urllib.parse.quote(key, safe=""),
-                               urllib.parse.quote_plus(key))):
-        text = text.replace(form, REDACTED)
-    return text
-
-
 def _past(tally: _Tally) -> Callable[[RetryCallState], bool]:
     """A tenacity stop condition: the call's total timeout ran out."""
     return lambda state: tally.remaining() <= 0
-
-
-def _describe(exc: BaseException, key: str | None) -> str:
-    """``Type: message`` of a transport exception, cut short and without the key."""
-    message = _redact(str(exc), key)
-    if len(message) > 300:
-        message = message[:300] + "..."
-    return f"{type(exc).__name__}: {message}"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
