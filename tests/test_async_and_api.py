@@ -57,14 +57,19 @@ def test_async_personalizer_does_not_block_the_loop(tmp_path: Path, bundle_dir: 
             ) as p:
                 await p.add(make_user(1)["history"][:30])
                 task = asyncio.create_task(ticker())
+                await asyncio.sleep(0.05)
+                before = ticks
                 started = time.perf_counter()
                 answer = await p.ask("Fix the flaky test in t7001")
                 elapsed = time.perf_counter() - started
+                during = ticks - before
                 task.cancel()
                 hits = await p.search("test suite", k=3)
-            return ticks, (answer, elapsed), hits
+            return during, (answer, elapsed), hits
 
-        ticks, (answer, elapsed), hits = asyncio.run(main())
+        during, (answer, elapsed), hits = asyncio.run(main())
     assert answer.answer is not None and len(hits) == 3
     assert elapsed >= 0.8  # two LLM requests of 0.4 s each
-    assert ticks >= 0.5 * elapsed / 0.01  # the loop kept running meanwhile
+    # The loop kept serving other coroutines meanwhile (blocked, it would count none; the
+    # bound is loose so that a busy machine cannot fail it).
+    assert during >= 10
