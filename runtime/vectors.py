@@ -58,7 +58,8 @@ def checked_vectors(vectors: object, n: int, dim: int, what: str = "vectors") ->
         if np.isfinite(norm2) and norm2 > 0 and np.isfinite(vectors).all():
             return np.ascontiguousarray(vectors)[None, :]
     try:
-        array = np.asarray(vectors, dtype=np.float32)
+        with np.errstate(over="ignore"):  # too large for float32: inf, refused just below
+            array = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInputError(f"{what} must be an array of numbers ({exc})") from None
     if what == "query vector" and array.ndim == 1:
