@@ -7,11 +7,12 @@ a working bundle:
    checks the signature against the trusted publisher keys (see :mod:`.bundle_signing`) before
    fetching anything else. Unsigned bundles are refused unless ``allow_unsigned``.
 2. **Resumable download.** Every file the manifest lists is fetched into a staging directory
-   named after the manifest's hash (``<bundles>/<id>.partial/``). Over HTTP(S) a file stops
+   named after the manifest's hash (``<versions>/<id>.partial/``, where ``<versions>`` is
+   ``.<name>-versions/`` beside the bundle path). Over HTTP(S) a file stops
    where the connection broke (``name.part``) and the next pull of the same manifest resumes it
    with a ``Range`` request. Each file is checked against its size and sha256 as it completes.
 3. **Verify.** The staged bundle is opened with :meth:`Bundle.open` (every hash again).
-4. **Atomic swap.** The staged bundle is renamed to ``<bundles>/<id>/`` and the bundle path
+4. **Atomic swap.** The staged bundle is renamed to ``<versions>/<id>/`` and the bundle path
    (``<home>/bundle``) is pointed at it by replacing a symlink in one ``rename``: a reader sees
    the old bundle or the new one. The previous version is then removed.
 
@@ -43,8 +44,10 @@ from .errors import BundleError
 
 log = logging.getLogger(__name__)
 
-BUNDLES_DIR = ".bundles"
-"""Installed bundle versions live in ``<bundle path's parent>/.bundles/<id>/``."""
+def versions_dir(target: Path) -> Path:
+    """Where the versions of the bundle at ``target`` live: ``<parent>/.<name>-versions/``
+    (one folder per bundle path, so that pruning one never touches another's)."""
+    return target.parent / f".{target.name}-versions"
 CHUNK = 1 << 16
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")
 
@@ -86,7 +89,7 @@ def pull_bundle(source: str | os.PathLike[str], target: str | os.PathLike[str], 
         require_trusted(status, allow_unsigned, str(source))
         if not status.trusted:
             log.warning("installing a bundle that is not verified: %s", status.reason)
-        bundles = target.parent / BUNDLES_DIR
+        bundles = versions_dir(target)
         bundles.mkdir(parents=True, exist_ok=True)
         version = hashlib.sha256(manifest_bytes).hexdigest()[:16]
         final = bundles / version

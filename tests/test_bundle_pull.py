@@ -19,7 +19,7 @@ from file_server import FileServer
 
 from hydrahead.cli import cli
 from hydrahead.runtime.bundle import Bundle
-from hydrahead.runtime.bundle_pull import pull_bundle
+from hydrahead.runtime.bundle_pull import pull_bundle, versions_dir
 from hydrahead.runtime.bundle_signing import (
     SIGNATURE_NAME,
     bundle_signature,
@@ -127,8 +127,12 @@ def test_a_failed_pull_leaves_the_installed_bundle_working(publisher, tmp_path: 
     # A good new version replaces it, and the old version's files are removed.
     second = pull_bundle(variant(publisher, tmp_path, "v3"), target, keys=[publisher["public"]])
     assert Bundle.open(target).fingerprint == second.fingerprint != first.fingerprint
-    versions = [p for p in (tmp_path / ".bundles").iterdir() if not p.name.endswith(".partial")]
+    versions = [p for p in versions_dir(target).iterdir() if not p.name.endswith(".partial")]
     assert len(versions) == 1
+    # A second bundle path in the same folder keeps its own versions: pulls never prune it.
+    other = pull_bundle(publisher["signed"], tmp_path / "other-bundle", keys=[publisher["public"]])
+    pull_bundle(variant(publisher, tmp_path, "v4"), target, keys=[publisher["public"]])
+    assert Bundle.open(tmp_path / "other-bundle", verify=True).fingerprint == other.fingerprint
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
