@@ -263,3 +263,26 @@ def test_a_personalizer_whose_user_was_removed_recreates_nothing(
             p.add([{"id": "x", "text": "more", "tag": "doc"}])
         p.close()
     assert not (tmp_path / "users" / "eve").exists()
+
+
+def test_erasing_from_the_outbox_touches_only_requests_that_held_the_record(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.jsonl")
+
+    def entry(content: str, sources: list[str] | None) -> dict:
+        rec = {"request": json.dumps({"messages": [{"role": "user", "content": content}]}),
+               "bytes_sent": len(content)}
+        if sources is not None:
+            rec["sources"] = sources
+        return rec
+
+    outbox.append(entry("Example: fix the docs\nQuery: add tests", ["r1"]))
+    outbox.append(entry("Example: fix the docs again, says r2", ["r2"]))  # shares r1's words
+    outbox.append(entry("Example: fix the docs (an entry from before sources)", None))
+    outbox.append(entry("Example: fix...\nQuery: cut short in the prompt", ["r1"]))
+    assert outbox.erase({"r1": "fix the docs"}) == 3
+    a, b, c, d = [json.loads(r["request"])["messages"][0]["content"] for r in outbox.records()]
+    assert a == f"Example: {ERASED}\nQuery: add tests"
+    assert b == "Example: fix the docs again, says r2"  # not r1's request: kept word for word
+    assert c == f"Example: {ERASED} (an entry from before sources)"
+    assert d == ERASED  # listed r1 but holds no verbatim copy: the whole message goes
+    assert [r.get("erased_records", 0) for r in outbox.records()] == [1, 0, 1, 1]

@@ -170,10 +170,11 @@ class Outbox:
         """Replace deleted records' texts by :data:`ERASED` in every entry; return how many
         entries changed.
 
-        An entry changes where one of the texts appears in its request or response, or where
-        it lists the record among its ``sources``; if such a request holds none of the text
-        verbatim (it was cut short or reformatted in the prompt), its whole message text is
-        replaced. The file is rewritten atomically.
+        An entry changes where it lists the record among its ``sources`` (or, for an entry
+        written before sources were kept, where the text appears): the text is replaced in its
+        request, response and error, and if the request holds none of it verbatim (cut short or
+        reformatted in the prompt), its whole message text is. Entries that did not hold the
+        record keep every word, even words it shares. The file is rewritten atomically.
         """
         fragments = {rid: _fragments(text) for rid, text in texts_by_id.items()}
         with self._lock:
@@ -335,8 +336,11 @@ def _erase_from(rec: dict[str, Any], fragments: Mapping[str, list[str]]) -> bool
         body, messages = None, None
     if not isinstance(messages, list):
         messages = []
+    listed = isinstance(rec.get("sources"), list)  # entries before sources were kept: unknown
     erased = 0
     for record_id, forms in fragments.items():
+        if listed and record_id not in sources:
+            continue  # this request did not hold the record (another's same words stay)
         hit = False
         for message in messages:
             if isinstance(message, dict) and isinstance(message.get("content"), str):
