@@ -38,7 +38,7 @@ from pathlib import Path
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .bundle import MANIFEST_NAME, Bundle, check_manifest_bytes
+from .bundle import MANIFEST_NAME, Bundle, check_manifest_bytes, sha256_file
 from .bundle_signing import SIGNATURE_NAME, check_signature, require_trusted, trusted_keys
 from .errors import BundleError
 
@@ -327,11 +327,7 @@ def _check_file(path: Path, name: str, sha256: str, size: int) -> None:
     if actual != size:
         path.unlink(missing_ok=True)
         raise BundleError(f"{name} has {actual:,} bytes, the manifest lists {size:,}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != sha256:
+    if sha256_file(path) != sha256:
         path.unlink(missing_ok=True)
         raise BundleError(f"{name} does not match its sha256 in the manifest (corrupted or "
                           "tampered with); pull again")

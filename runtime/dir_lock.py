@@ -51,10 +51,7 @@ def lock_directory(directory: Path) -> IO[bytes]:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise StoreError(
-                    f"the store at {directory} is already open (in this or another process); close "
-                    "it there first"
-                ) from None
+                raise _already_open(directory) from None
         # Whoever held the lock before us may have removed the directory (forget): then our
         # lock is on a file that no longer has this name, and guards nothing.
         if os.fstat(handle.fileno()).st_ino != path.stat().st_ino:
@@ -78,7 +75,10 @@ def _lock_with_filelock(path: Path, directory: Path) -> _FileLockHandle:
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise StoreError(
-            f"the store at {directory} is already open (in this or another process); close "
-            "it there first") from None
+        raise _already_open(directory) from None
     return _FileLockHandle(lock)
+
+
+def _already_open(directory: Path) -> StoreError:
+    return StoreError(f"the store at {directory} is already open (in this or another process); "
+                      "close it there first")

@@ -180,11 +180,7 @@ class Encoder:
             raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
         self.batch_size = _check_batch_size(batch_size)
-        if (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int)
-                or max_batch_tokens < 1):
-            raise InvalidInputError(
-                f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = _check_batch_size(max_batch_tokens, "max_batch_tokens")
         self.max_length = max_length
         self.normalize = normalize
 
@@ -326,9 +322,9 @@ def _check_texts(texts: object) -> list[str]:
     return items
 
 
-def _check_batch_size(batch_size: object) -> int:
+def _check_batch_size(batch_size: object, name: str = "batch_size") -> int:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InvalidInputError(f"{name} must be a positive integer, got {batch_size!r}")
     return batch_size
 
 

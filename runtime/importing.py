@@ -117,9 +117,13 @@ def import_records(store: HistoryStore, task: Task, rows: Iterable[dict[str, Any
     Every row is checked before anything is written (all or nothing for bad input); then the
     records are added ``IMPORT_BATCH`` at a time, with a progress bar if ``progress``.
     """
-    records: list[Record] = [task.record_from_profile(row) for row in rows]
-    as_records(records)  # repeated ids are refused before anything is written
+    records = _checked_records(task, rows)
     return _add_in_batches(store, records, len(records), progress)
+
+
+def _checked_records(task: Task, rows: Iterable[dict[str, Any]]) -> list[Record]:
+    """Every row as a record, checked, with repeated ids refused (before anything is written)."""
+    return as_records([task.record_from_profile(row) for row in rows])
 
 
 def _add_in_batches(store: HistoryStore, records: Iterable[Record], total: int,
@@ -195,9 +199,8 @@ def import_file(
         total = _check_jsonl(p, task_obj)
         records: Iterable[Record] = _jsonl_records(p, task_obj)
     else:
-        rows = lamp_profile(load_lamp_questions(p), lamp_user or user_id)
-        records = [task_obj.record_from_profile(row) for row in rows]
-        as_records(records)
+        records = _checked_records(task_obj, lamp_profile(load_lamp_questions(p),
+                                                          lamp_user or user_id))
         total = len(records)
     if encoder is None:
         from .encoder import Encoder

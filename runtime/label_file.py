@@ -110,10 +110,7 @@ def pairs_from_arrays(
 def save_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
                 meta: Mapping[str, Any]) -> None:
     """Write a user's labels (no vectors) with ``meta`` (JSON) to ``path``, atomically."""
-    arrays: dict[str, np.ndarray] = {
-        "format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
-        "meta": np.array(json.dumps(dict(meta), sort_keys=True)),
-    }
+    arrays = _header(meta)
     for role, pairs in labels.items():
         arrays.update(pairs_to_arrays(pairs, vectors=False, prefix=f"{role}."))
     _write(path, arrays)
@@ -191,9 +188,7 @@ def append_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
         old, _ = read_npz(path, FORMAT)
     except FileNotFoundError:
         old = {}
-    out: dict[str, np.ndarray] = {
-        "format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
-        "meta": np.array(json.dumps(dict(meta), sort_keys=True))}
+    out = _header(meta)
     for role in ROLES:
         parts = [_role_arrays(src, role) for src in (old, new) if f"{role}.label" in src]
         if not parts:
@@ -210,6 +205,12 @@ def append_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
         keep = np.arange(groups) >= groups - limit
         out.update({f"{role}.{k}": v for k, v in _keep_groups(merged, keep).items()})
     _write(path, out)
+
+
+def _header(meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays every labels file starts with: its format, version and ``meta`` (JSON)."""
+    return {"format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
+            "meta": np.array(json.dumps(dict(meta), sort_keys=True))}
 
 
 def _role_arrays(arrays: Mapping[str, np.ndarray], role: str) -> dict[str, np.ndarray]:

@@ -48,7 +48,7 @@ from .adapter_features import (
 )
 from .errors import InvalidInputError, LLMBudgetError
 from .llm.client import LLMClient, RequestBudget
-from .records import Record
+from .records import Record, check_int
 from .reranker_features import reranker_features
 from .store import HistoryStore
 from .tasks import Task
@@ -307,9 +307,7 @@ class Labeler:
         self._reranker_budget = budget - n_adapter * adapter_cost
         if concurrency is None:
             concurrency = llm.config.max_concurrency if llm is not None else 1
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise InvalidInputError(f"concurrency must be an integer >= 1, got {concurrency!r}")
-        self.concurrency = concurrency
+        self.concurrency = check_int(concurrency, "concurrency", 1)
         self._load_history()
         asked = self._questions(questions)
         self._reranker_queries = (asked + self._latest(n_reranker))[:n_reranker]
