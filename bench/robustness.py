@@ -24,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hydrahead.benchmark import quality, report
+from hydrahead.evaluation import quality, report
 from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.offline.simulator import SimulatedLLM, SimulatorParams
 

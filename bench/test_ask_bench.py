@@ -79,7 +79,7 @@ def test_ask_local_on_git_area(benchmark, bundle_dir: Path, git_lamp: Path,
     def one_round() -> None:
         i = next(counter) % len(queries)
         systems = [("local", local, i), ("query_alone", encoder.encode_one, queries[i]),
-                   ("no_cache", lambda j: (p._candidate_cache.clear(), local(j)), i)]
+                   ("no_cache", lambda j: (p.candidates.clear(), local(j)), i)]
         for name, fn, arg in [systems[j] for j in order.permutation(3)]:
             timed(name, fn, arg)
 

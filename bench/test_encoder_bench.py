@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bundle_fixture import get_test_bundle  # noqa: E402  (testing/, on sys.path via conftest)
+from testing.bundle_fixture import get_test_bundle  # noqa: E402
 
 from hydrahead.export.bundle import FP32_FILE, export_fp32_onnx  # noqa: E402
 from hydrahead.export.quality_sentences import QUALITY_SENTENCES  # noqa: E402

@@ -20,18 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-from bundle_fixture import get_test_bundle
+from testing.bundle_fixture import get_test_bundle
 
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.importing import import_file
 
 N = 1000
-TESTING = Path(__file__).resolve().parents[1] / "testing"
 
 CHILD = textwrap.dedent("""
-    import json, sys, time
-    sys.path.insert(0, {testing!r})
+    import json, time
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.encoder import Encoder
     from hydrahead.runtime.importing import import_file
@@ -59,7 +57,7 @@ def commits(git_lamp: Path, tmp_path_factory) -> Path:
 
 
 def _peak(jsonl: Path, root: Path, tokens: int) -> dict:
-    code = CHILD.format(testing=str(TESTING), bundle=str(get_test_bundle()), tokens=tokens,
+    code = CHILD.format(bundle=str(get_test_bundle()), tokens=tokens,
                         jsonl=str(jsonl), root=str(root))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=600)

@@ -24,8 +24,8 @@ from pathlib import Path
 from statistics import median
 
 import pytest
-from fault_server import FaultServer, Reply
-from synthetic_users import make_user
+from testing.fault_server import FaultServer, Reply
+from testing.synthetic_users import make_user
 
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.importing import import_records

@@ -58,7 +58,7 @@ def corpus() -> dict:
         source = "git-lamp GIT_subject dev queries, git-lamp commit messages"
     else:
         task, items, questions = get_task("GIT_area"), *_persona_text()
-        source = "persona world (generated in hydrahead.benchmark.persona_world)"
+        source = "persona world (generated in hydrahead.evaluation.persona_world)"
     queries = [q for q, _ in questions]
     sim = SimulatedLLM()
     cands = []
@@ -95,7 +95,7 @@ def _git_lamp_text(root: Path) -> tuple[list[dict], list[tuple[str, list[dict]]]
 
 
 def _persona_text() -> tuple[list[dict], list[tuple[str, list[dict]]]]:
-    from hydrahead.benchmark.persona_world import make_user
+    from hydrahead.evaluation.persona_world import make_user
 
     items: list[dict] = []
     questions: list[tuple[str, list[dict]]] = []

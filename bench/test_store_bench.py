@@ -1,7 +1,7 @@
 """History store speed: adding (with and without the encoder) and searching at 10k and 100k.
 
 * **add, encoder**: ``HistoryStore.add`` of 10k texts through the real int8 bundle encoder when
-  the test bundle can be had (``tests/bundle_fixture.get_test_bundle``), else through the
+  the test bundle can be had (``testing.bundle_fixture.get_test_bundle``), else through the
   HashingEncoder (``extra_info["encoder"]`` says which). Texts are real commit messages from
   git-lamp when present, else synthetic. Reports items/s and the share of the time spent inside
   the encoder (target: adding is dominated by embedding).
@@ -30,7 +30,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 import pytest
-from fake_encoder import HashingEncoder, sample_items
+from testing.fake_encoder import HashingEncoder, sample_items
 from hydrahead.runtime.store import HistoryStore
 
 DIM = 384
@@ -68,7 +68,7 @@ class VectorsOnly:
 
 def _encoder() -> tuple[object, str]:
     try:
-        from bundle_fixture import get_test_bundle
+        from testing.bundle_fixture import get_test_bundle
         from hydrahead.runtime.encoder import Encoder
 
         return Encoder(get_test_bundle()), "real int8 bundle encoder"

@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydrahead.export.bases import add_untrained_bases
 from hydrahead.runtime._optional import require
@@ -134,7 +135,7 @@ def _export_with_optimum(source: Path, out: Path) -> None:
 
 
 def _export_with_torch_onnx(source: Path, out: Path) -> None:
-    torch = require("torch", "train")
+    torch: Any = require("torch", "train")  # a module the type checker cannot see into here
     transformers = require("transformers", "train")
     model = transformers.AutoModel.from_pretrained(str(source), local_files_only=True).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)

@@ -25,6 +25,7 @@ from hydrahead.runtime._optional import require
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.errors import ExportError
 from hydrahead.runtime.featurizer import OnnxCrossBase
+from hydrahead.runtime.heads import write_base_head
 
 from .bases import NAMED_FEATURES, OPSET
 from .quality_sentences import QUALITY_SENTENCES
@@ -108,7 +109,7 @@ def write_cross_base(bundle_root: str | Path, role: str, trained: str | Path, *,
             raise ExportError(f"the {role} cross base graph disagrees with torch: {measured}")
         logger.info("%s cross base: %s kept (%s)", role, precision, measured)
         head_file = Path(tmp) / f"{role}.cross-head.npz"
-        np.savez(head_file, **head.arrays())
+        write_base_head(head_file, head)
         spec = {
             "kind": OnnxCrossBase.kind,
             "hidden": head.hidden,

@@ -1,38 +1,40 @@
 """The ``hydrahead`` command line: a thin shell over the library.
 
-Device commands (user, fit, ask, outbox, forget, llm, demo) import only ``hydrahead.runtime``;
-the server-side commands (``export``, ``train``: :mod:`hydrahead.cli_server`) import
-``hydrahead.export`` and ``hydrahead.train`` lazily, when they run.
+Device commands (user, fit, ask, outbox, forget, llm, demo) import only ``hydrahead.runtime``
+(and the offline simulator when asked for it); the server-side commands (``export``, ``train``:
+:mod:`hydrahead.cli_server`) and ``bench`` (:mod:`hydrahead.cli_bench`) import
+``hydrahead.export``, ``hydrahead.train`` and ``hydrahead.evaluation`` lazily, when they run.
+Every group is a :class:`~hydrahead.cli_common.Group`: a library error ends a command with a
+one-line message and exit status 1.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from hydrahead import __version__
+from hydrahead.cli_bench import bench
+from hydrahead.cli_bundle import bundle
 from hydrahead.cli_common import (
     ENV_BUNDLE,
-    SIMULATOR_NOTE,
     Context,
-    fail,
-    lamp_options,
-    llm_endpoint,
-    need_bench_extra,
+    Group,
+    echo_err,
     pass_ctx,
+    pipeline_settings,
     with_llm,
 )
-from hydrahead.cli_bundle import bundle
-from hydrahead.cli_user import existing_user, short, tasks, user
 from hydrahead.cli_server import export, train
+from hydrahead.cli_user import existing_user, short, tasks, user
+from hydrahead.runtime.settings import Settings
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hydrahead")
 @click.option(
     "--home",
@@ -58,30 +60,24 @@ def cli(ctx: click.Context, home: str | None, bundle: str | None, verbose: bool)
 
 # ---------------------------------------------------------------------------- helpers
 def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None,
-          model: str | None = None, **options: Any):
-    """Open an existing user's Personalizer; the LLM comes from ``llm_url`` or the environment.
-
-    ``options`` go to the Personalizer (k, m, n, temperature).
-    """
-    from hydrahead.runtime.errors import HydraheadError
+          model: str | None = None, settings: Settings | None = None):
+    """Open an existing user's Personalizer with ``settings`` (default: the Personalizer's);
+    the LLM comes from ``llm_url`` or the environment."""
     from hydrahead.runtime.llm.config import LLMConfig
     from hydrahead.runtime.personalizer import Personalizer
     from hydrahead.runtime.users import resolve_task
 
-    try:
-        existing_user(obj, user)
-        config = (LLMConfig.from_env(base_url=llm_url, model=model) if llm_url or model
-                  else None)
-        return Personalizer.open(
-            user,
-            bundle=obj.bundle_dir,
-            root=obj.root,
-            llm=config,
-            task=resolve_task(user, task, obj.root),
-            **{k: v for k, v in options.items() if v is not None},
-        )
-    except HydraheadError as exc:
-        fail(exc)
+    existing_user(obj, user)
+    config = (LLMConfig.from_env(base_url=llm_url, model=model) if llm_url or model
+              else None)
+    return Personalizer.open(
+        user,
+        bundle=obj.bundle_dir,
+        root=obj.root,
+        llm=config,
+        task=resolve_task(user, task, obj.root),
+        settings=settings,
+    )
 
 
 # ---------------------------------------------------------------------------- fit / ask
@@ -97,15 +93,11 @@ def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None,
 def fit(obj: Context, user_id: str, task: str | None, budget: int, model: str | None,
         as_json: bool, llm_url: str | None, offline: bool) -> None:
     """Fit the user's reranker and adapter heads (labels come from the LLM)."""
-    from hydrahead.runtime.errors import HydraheadError
+    from hydrahead.offline import llm_endpoint
 
-    with llm_endpoint(offline) as url:
-        p = _open(obj, user_id, task, llm_url=url or llm_url, model=model)
-        try:
-            with p:
-                s = p.fit(budget=budget, progress=not as_json)
-        except HydraheadError as exc:
-            fail(exc)
+    with llm_endpoint(llm_url, offline=offline, announce=echo_err) as (url, _):
+        with _open(obj, user_id, task, llm_url=url, model=model) as p:
+            s = p.fit(budget=budget, progress=not as_json)
     if as_json:
         click.echo(json.dumps(_fit_dict(s), indent=2))
     else:
@@ -128,18 +120,12 @@ def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
         model: str | None, k: int | None, m: int | None, n: int | None,
         temperature: float | None, llm_url: str | None, offline: bool) -> None:
     """Ask a question as this user; prints the answer and the prompt that left the device."""
-    from hydrahead.runtime.errors import HydraheadError
+    from hydrahead.offline import llm_endpoint
 
-    if k is not None and m is not None and m > k:
-        raise click.BadParameter(f"-m ({m}) cannot exceed -k ({k})", param_hint="-m")
-    with llm_endpoint(offline) as url:
-        p = _open(obj, user_id, task, llm_url=url or llm_url, model=model, k=k, m=m, n=n,
-                  temperature=temperature)
-        try:
-            with p:
-                a = p.ask(query)
-        except HydraheadError as exc:
-            fail(exc)
+    settings = pipeline_settings(k=k, m=m, n=n, temperature=temperature)
+    with llm_endpoint(llm_url, offline=offline, announce=echo_err) as (url, _):
+        with _open(obj, user_id, task, llm_url=url, model=model, settings=settings) as p:
+            a = p.ask(query)
     if as_json:
         click.echo(json.dumps(_answer_dict(a), indent=2))
     else:
@@ -154,25 +140,17 @@ def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
 @pass_ctx
 def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
     """Show what left the device: every request body sent to the LLM, as sent."""
-    from hydrahead.runtime.errors import HydraheadError
-    from hydrahead.runtime.llm.outbox import OUTBOX_FILENAME, Outbox
+    from hydrahead.runtime.llm.outbox import Outbox, format_record
+    from hydrahead.runtime.user_files import OUTBOX_FILE
 
-    try:
-        path = existing_user(obj, user_id) / OUTBOX_FILENAME
-    except HydraheadError as exc:
-        fail(exc)
+    path = existing_user(obj, user_id) / OUTBOX_FILE
     records = Outbox(path).tail(n)
     if not records:
         click.echo(f"no requests recorded for {user_id} ({path})")
     for rec in records:
-        if as_json:
-            click.echo(json.dumps(rec))
-        else:
-            click.echo(
-                f"--- {rec.get('time')}  {rec.get('url')}  status={rec.get('status')}  "
-                f"sent={rec.get('bytes_sent')} B  received={rec.get('bytes_received')} B"
-            )
-            click.echo(rec.get("request", ""))
+        # the whole body, as sent: no width cut
+        click.echo(json.dumps(rec) if as_json
+                   else format_record(rec, bodies=True, width=sys.maxsize))
 
 
 @cli.command()
@@ -181,21 +159,17 @@ def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
 @pass_ctx
 def forget(obj: Context, user_id: str, yes: bool) -> None:
     """Delete everything stored for a user (history, index, heads, cache, ledger)."""
-    from hydrahead.runtime.errors import HydraheadError
     from hydrahead.runtime.users import forget_user
 
-    try:
-        existing_user(obj, user_id)
-        if not yes:
-            click.confirm(f"Delete all data of {user_id}?", abort=True)
-        forget_user(user_id, obj.root)
-    except HydraheadError as exc:
-        fail(exc)
+    existing_user(obj, user_id)
+    if not yes:
+        click.confirm(f"Delete all data of {user_id}?", abort=True)
+    forget_user(user_id, obj.root)
     click.echo(f"forgot {user_id}")
 
 
 # ---------------------------------------------------------------------------- llm
-@cli.group()
+@cli.group()  # a Group too (group_class)
 def llm() -> None:
     """The LLM endpoint."""
 
@@ -206,82 +180,9 @@ def llm() -> None:
 @click.option("--capture", type=click.Path(dir_okay=False), help="Append received requests here.")
 def serve_offline(host: str, port: int, capture: str | None) -> None:
     """Serve the offline simulated LLM (OpenAI-compatible) until interrupted."""
-    from hydrahead.runtime.errors import HydraheadError
     from hydrahead.offline.server import serve_forever
 
-    try:
-        serve_forever(host, port, capture_path=capture)
-    except HydraheadError as exc:  # e.g. the port is taken
-        fail(exc)
-
-
-# ---------------------------------------------------------------------------- bench
-@cli.group()
-def bench() -> None:
-    """Benchmarks (need hydrahead[bench])."""
-
-
-@bench.command("quality")
-@lamp_options(split="dev")
-@click.option("--budget", default=100, show_default=True, type=click.IntRange(min=0),
-              help="Fit budget: LLM calls per user.")
-@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("-m", "m", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("-n", "n", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--model", help="Model name for --llm-url (default: $HYDRAHEAD_LLM_MODEL).")
-@click.option("--no-binary", is_flag=True, help="Skip the fit with HYDRA's binary labels.")
-@click.option("--out", default="bench/results", show_default=True,
-              type=click.Path(file_okay=False), help="Where the JSON, Markdown and PNG go.")
-@click.option("--report", type=click.Path(dir_okay=False),
-              help="Also replace this run's section of a Markdown report (bench/QUALITY.md).")
-@with_llm
-@pass_ctx
-def bench_quality(obj: Context, data: str, task_name: str, split: str, users: int | None,
-                  budget: int, k: int, m: int, n: int, seed: int, model: str | None,
-                  no_binary: bool, out: str, report: str | None, llm_url: str | None,
-                  offline: bool) -> None:
-    """Every system on every question, same LLM and settings: one table, JSON and a chart.
-
-    Prompt-based baselines (zero-shot, random, BM25 and dense top m) against hydrahead with
-    base heads, each head fitted alone, and both fitted. Without --llm-url the offline
-    simulator answers (and every output says so).
-    """
-    need_bench_extra()
-    from hydrahead.benchmark import quality, report as reports
-    from hydrahead.demo import ensure_bundle
-    from hydrahead.runtime.errors import HydraheadError
-
-    if m > k:
-        raise click.BadParameter(f"-m ({m}) cannot exceed -k ({k})", param_hint="-m")
-    command = shlex.join(["hydrahead", *sys.argv[1:]])
-    settings = quality.Settings(k=k, m=m, n=n, budget=budget, seed=seed)
-    try:
-        ensure_bundle(obj.bundle_dir, echo=lambda s: click.echo(s, err=True))
-        task, results = quality.run(
-            Path(data), task_name, split=split, bundle=obj.bundle_dir, llm_url=llm_url,
-            offline=offline, model=model, settings=settings, users=users,
-            compare_binary=not no_binary, progress=lambda s: click.echo(s, err=True))
-    except HydraheadError as exc:
-        fail(exc)
-    section, files = reports.write_all(Path(out), task, results, command=command,
-                                       report=Path(report) if report else None)
-    click.echo(section)
-    for path in files.values():
-        click.echo(f"wrote {path}", err=True)
-
-
-@bench.command("world")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--train-users", default=12, show_default=True, type=click.IntRange(min=0))
-@click.option("--dev-users", default=12, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
-def bench_world(out: str, train_users: int, dev_users: int, seed: int) -> None:
-    """Write the synthetic persona world (LaMP format, task GIT_area) to a directory."""
-    from hydrahead.benchmark.persona_world import write_world
-
-    path = write_world(out, train_users=train_users, dev_users=dev_users, seed=seed)
-    click.echo(f"wrote the persona world to {path} (use --data {path} --task GIT_area)")
+    serve_forever(host, port, capture_path=capture)  # a taken port: a one-line error
 
 
 # ---------------------------------------------------------------------------- demo
@@ -291,12 +192,8 @@ def bench_world(out: str, train_users: int, dev_users: int, seed: int) -> None:
 def demo(obj: Context, budget: int) -> None:
     """Build or load the bundle, import a sample history, fit, and ask a few queries."""
     from hydrahead.demo import run_demo
-    from hydrahead.runtime.errors import HydraheadError
 
-    try:
-        run_demo(obj.root, obj.bundle_dir, budget=budget, echo=click.echo)
-    except HydraheadError as exc:
-        fail(exc)
+    run_demo(obj.root, obj.bundle_dir, budget=budget, echo=click.echo)
 
 
 # ---------------------------------------------------------------------------- printing
@@ -317,12 +214,16 @@ def _print_fit(s: Any) -> None:
         )
         click.echo(f"  {role}: {state}; head size {s.head_bytes[role]} bytes")
     if lab.simulated:
+        from hydrahead.offline import SIMULATOR_NOTE
+
         click.echo(SIMULATOR_NOTE)
 
 
 def _print_answer(a: Any) -> None:
     click.echo(f"answer: {a.answer!r}")
     if a.simulated:
+        from hydrahead.offline import SIMULATOR_NOTE
+
         click.echo(SIMULATOR_NOTE)
     click.echo(f"local latency: {a.local_ms:.1f} ms (LLM: {a.timings_ms['llm']:.1f} ms)")
     click.echo("reranked history records sent:")
@@ -372,12 +273,13 @@ def _answer_dict(a: Any) -> dict[str, Any]:
     }
 
 
-# The server-side commands (export, train) live in their own module.
+# The other command groups live in their own modules.
 cli.add_command(bundle)
 cli.add_command(user)
 cli.add_command(tasks)
 cli.add_command(export)
 cli.add_command(train)
+cli.add_command(bench)
 
 
 def main() -> None:
@@ -386,4 +288,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

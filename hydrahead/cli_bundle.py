@@ -13,7 +13,7 @@ import json
 
 import click
 
-from hydrahead.cli_common import Context, fail, pass_ctx
+from hydrahead.cli_common import Context, Group, echo_err, pass_ctx
 
 key_option = click.option(
     "--key", "keys", multiple=True,
@@ -21,7 +21,7 @@ key_option = click.option(
          "$HYDRAHEAD_BUNDLE_KEYS.")
 
 
-@click.group()
+@click.group(cls=Group)
 def bundle() -> None:
     """The model bundle: pull, verify, info; keygen and sign for publishers."""
 
@@ -36,14 +36,9 @@ def bundle_pull(obj: Context, source: str, keys: tuple[str, ...], allow_unsigned
     """Download (resumably), verify and install the bundle at SOURCE (URL, directory or
     archive); the bundle in use is replaced only once the new one is complete and verified."""
     from hydrahead.runtime.bundle_pull import pull_bundle
-    from hydrahead.runtime.errors import HydraheadError
 
-    try:
-        pulled = pull_bundle(source, obj.bundle_dir, keys=keys or None,
-                             allow_unsigned=allow_unsigned,
-                             progress=lambda line: click.echo(line, err=True))
-    except HydraheadError as exc:
-        fail(exc)
+    pulled = pull_bundle(source, obj.bundle_dir, keys=keys or None,
+                         allow_unsigned=allow_unsigned, progress=echo_err)
     click.echo(f"bundle {pulled.fingerprint[:16]} installed at {obj.bundle_dir}")
 
 
@@ -55,14 +50,10 @@ def bundle_verify(obj: Context, keys: tuple[str, ...], allow_unsigned: bool) -> 
     """Check every file's sha256 and the manifest's signature."""
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.bundle_signing import bundle_signature, require_trusted
-    from hydrahead.runtime.errors import HydraheadError
 
-    try:
-        opened = Bundle.open(obj.bundle_dir, verify=True)
-        status = bundle_signature(obj.bundle_dir, keys or None)
-        require_trusted(status, allow_unsigned, str(obj.bundle_dir))
-    except HydraheadError as exc:
-        fail(exc)
+    opened = Bundle.open(obj.bundle_dir, verify=True)
+    status = bundle_signature(obj.bundle_dir, keys or None)
+    require_trusted(status, allow_unsigned, str(obj.bundle_dir))
     signed = (f"signed by trusted key {status.key_id}" if status.trusted
               else f"NOT verified: {status.reason}")
     click.echo(f"ok: {len(opened.manifest['files'])} files match the manifest; {signed}")
@@ -76,13 +67,9 @@ def bundle_info(obj: Context, keys: tuple[str, ...], as_json: bool) -> None:
     """What the bundle holds: models, files, when and by which version it was made, signer."""
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.bundle_signing import bundle_signature
-    from hydrahead.runtime.errors import HydraheadError
 
-    try:
-        opened = Bundle.open(obj.bundle_dir, verify=False)
-        status = bundle_signature(obj.bundle_dir, keys or None)
-    except HydraheadError as exc:
-        fail(exc)
+    opened = Bundle.open(obj.bundle_dir, verify=False)
+    status = bundle_signature(obj.bundle_dir, keys or None)
     m = opened.manifest
     info = {
         "path": str(obj.bundle_dir), "fingerprint": opened.fingerprint,
@@ -110,12 +97,8 @@ def bundle_info(obj: Context, keys: tuple[str, ...], as_json: bool) -> None:
 def bundle_keygen(out: str) -> None:
     """Publisher: make an ed25519 signing key; prints the public key apps should trust."""
     from hydrahead.runtime.bundle_signing import generate_key_pair
-    from hydrahead.runtime.errors import HydraheadError
 
-    try:
-        path, public = generate_key_pair(out)
-    except HydraheadError as exc:
-        fail(exc)
+    path, public = generate_key_pair(out)
     click.echo(f"private key: {path} (keep it secret)")
     click.echo(f"public key:  {public}")
 
@@ -128,11 +111,7 @@ def bundle_sign(directory: str, key_file: str) -> None:
     """Publisher: sign the manifest of the bundle in DIRECTORY (writes manifest.sig)."""
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.bundle_signing import sign_bundle
-    from hydrahead.runtime.errors import HydraheadError
 
-    try:
-        Bundle.open(directory, verify=True)
-        key = sign_bundle(directory, key_file)
-    except HydraheadError as exc:
-        fail(exc)
+    Bundle.open(directory, verify=True)
+    key = sign_bundle(directory, key_file)
     click.echo(f"signed {directory} with key {key}")

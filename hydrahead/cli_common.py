@@ -1,18 +1,39 @@
-"""What the command-line modules share: the options context, LLM endpoint options, errors."""
+"""What the command-line modules share: the command group class, the options context, the LLM
+endpoint options, and the mapping of the pipeline options onto :class:`Settings`.
+
+Everything here is cheap to import (click and :mod:`hydrahead.runtime`'s errors and settings):
+``hydrahead --help`` and the device commands load no model code, no simulator and no trainer.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
+from hydrahead.runtime.errors import HydraheadError
+from hydrahead.runtime.settings import Settings
+
 ENV_BUNDLE = "HYDRAHEAD_BUNDLE"
-SIMULATOR_NOTE = (
-    "[offline simulator: answers come from hydrahead's simulated LLM, not a real model]"
-)
+
+
+class Group(click.Group):
+    """A command group whose commands fail cleanly on the library's errors.
+
+    A :class:`~hydrahead.runtime.errors.HydraheadError` raised by a command becomes click's
+    one-line ``Error: <message>`` on stderr and exit status 1, never a traceback. Groups made
+    with ``@group.group()`` are of this class too.
+    """
+
+    group_class = type
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HydraheadError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 class Context:
@@ -28,21 +49,24 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc)) from exc
+def echo_err(line: str) -> None:
+    """Print a progress or notice line on stderr (stdout stays the command's result)."""
+    click.echo(line, err=True)
 
 
-@contextmanager
-def llm_endpoint(offline: bool) -> Iterator[str | None]:
-    """Start the offline simulator for the duration of a command when asked to."""
-    if not offline:
-        yield None
-        return
-    from hydrahead.offline.server import OfflineLLMServer
+def pipeline_settings(**options: Any) -> Settings:
+    """The pipeline :class:`Settings` that the ``-k``, ``-m``, ``-n``, ``--temperature`` and
+    ``--seed`` options ask for; an option not given (``None``) keeps its default.
 
-    with OfflineLLMServer() as server:
-        click.echo(f"{SIMULATOR_NOTE} at {server.url}", err=True)
-        yield server.url
+    Raises:
+        click.BadParameter: ``-m`` exceeds ``-k``.
+        InvalidInputError: another value out of range.
+    """
+    given = {name: value for name, value in options.items() if value is not None}
+    if "k" in given and "m" in given and given["m"] > given["k"]:
+        raise click.BadParameter(f"-m ({given['m']}) cannot exceed -k ({given['k']})",
+                                 param_hint="-m")
+    return Settings().replace(**given)
 
 
 llm_options = [
@@ -60,6 +84,7 @@ llm_options = [
 
 
 def with_llm(fn):
+    """Add ``--llm-url`` and ``--offline`` (see :func:`hydrahead.offline.llm_endpoint`)."""
     for opt in reversed(llm_options):
         fn = opt(fn)
     return fn

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from hydrahead.cli_common import Context, fail, pass_ctx
+from hydrahead.cli_common import Context, Group, pass_ctx
 
 
 def existing_user(obj: Context, user_id: str) -> Path:
@@ -27,7 +28,7 @@ def short(text: str, n: int = 90) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-@click.group()
+@click.group(cls=Group)
 def user() -> None:
     """Manage a user's history."""
 
@@ -46,14 +47,10 @@ def user() -> None:
 def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str | None,
                 as_json: bool) -> None:
     """Import history records from JSONL or a LaMP questions file (creates the user)."""
-    from hydrahead.runtime.errors import HydraheadError
     from hydrahead.runtime.importing import import_file
 
-    try:
-        n = import_file(user_id, file, task=task, lamp_user=lamp_user, root=obj.root,
-                        bundle=obj.bundle_dir, progress=not as_json)
-    except HydraheadError as exc:
-        fail(exc)
+    n = import_file(user_id, file, task=task, lamp_user=lamp_user, root=obj.root,
+                    bundle=obj.bundle_dir, progress=not as_json)
     if as_json:
         click.echo(json.dumps({"user": user_id, "imported": n}))
     else:
@@ -84,17 +81,13 @@ def user_search(obj: Context, user_id: str, query: str, k: int, as_json: bool) -
     """Search a user's history (nothing leaves the device)."""
     from hydrahead.runtime.bundle import Bundle
     from hydrahead.runtime.encoder import Encoder
-    from hydrahead.runtime.errors import HydraheadError
     from hydrahead.runtime.store import HistoryStore
 
-    try:
-        existing_user(obj, user_id)
-        with HistoryStore.for_user(
-            user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root
-        ) as store:
-            hits = store.search(query, k=k)
-    except HydraheadError as exc:
-        fail(exc)
+    existing_user(obj, user_id)
+    with HistoryStore.for_user(
+        user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root
+    ) as store:
+        hits = store.search(query, k=k)
     if as_json:
         click.echo(json.dumps([{"score": h.score, **h.record.to_dict()} for h in hits],
                               ensure_ascii=False))
@@ -109,7 +102,7 @@ def tasks(as_json: bool) -> None:
     """The tasks hydrahead knows, and the fields each one's history records need."""
     from hydrahead.runtime.tasks import get_task, list_tasks
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_tasks():
         task = get_task(name)
         rows.append({"name": task.name, "kind": task.kind,

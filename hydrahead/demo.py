@@ -17,9 +17,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hydrahead.runtime.bundle import Bundle
+from hydrahead.export.make import ensure_bundle
+from hydrahead.offline import SIMULATOR_NOTE, llm_endpoint
 from hydrahead.runtime.encoder import Encoder
-from hydrahead.runtime.errors import BundleError
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.config import LLMConfig
 from hydrahead.runtime.personalizer import Personalizer
@@ -32,30 +32,8 @@ SAMPLE = "sample_git_area.json"
 
 def load_sample() -> dict[str, Any]:
     """The shipped sample: ``task``, ``source``, ``history`` (profile items) and ``queries``."""
-    text = resources.files("hydrahead").joinpath("data", SAMPLE).read_text("utf-8")
+    text = resources.files("hydrahead").joinpath("data").joinpath(SAMPLE).read_text("utf-8")
     return json.loads(text)
-
-
-def ensure_bundle(bundle_dir: Path, echo: Callable[[str], None]) -> Bundle:
-    """Open the bundle at ``bundle_dir``, building it first when there is none."""
-    if (bundle_dir / "manifest.json").exists():
-        return Bundle.open(bundle_dir)
-    from hydrahead.export import missing_requirements
-
-    missing = missing_requirements()
-    if missing:
-        raise BundleError(
-            f"no bundle at {bundle_dir}. Get one with `hydrahead bundle pull SOURCE` (a URL, "
-            "directory or archive from the bundle's publisher), or install the exporter to "
-            f"build one here: {' && '.join(missing)}"
-        )
-    echo(f"no bundle at {bundle_dir}: exporting one (int8 encoder + shared bases) ...")
-    from hydrahead.export.bundle import build_bundle
-
-    t0 = time.perf_counter()
-    build_bundle(bundle_dir)
-    echo(f"bundle built in {time.perf_counter() - t0:.1f} s")
-    return Bundle.open(bundle_dir)
 
 
 def run_demo(
@@ -68,18 +46,13 @@ def run_demo(
     task = get_task(sample["task"])
     results = []
     with ExitStack() as stack:
-        if os.environ.get("HYDRAHEAD_LLM_BASE_URL"):
-            config = LLMConfig.from_env()
-            echo(f"LLM: {config.base_url} (model {config.model})")
+        configured = os.environ.get("HYDRAHEAD_LLM_BASE_URL")
+        url, simulated = stack.enter_context(llm_endpoint(configured, offline=not configured))
+        config = LLMConfig.from_env(base_url=url)
+        if simulated:
+            echo(f"LLM: {SIMULATOR_NOTE} (at {url}; no HYDRAHEAD_LLM_BASE_URL set)")
         else:
-            from hydrahead.offline.server import OfflineLLMServer
-
-            server = stack.enter_context(OfflineLLMServer())
-            config = LLMConfig.from_env(base_url=server.url)
-            echo(
-                f"LLM: offline simulator at {server.url} (no HYDRAHEAD_LLM_BASE_URL set). "
-                "RESULTS BELOW ARE FROM A SIMULATED LLM, NOT A REAL MODEL."
-            )
+            echo(f"LLM: {config.base_url} (model {config.model})")
         forget_user(DEMO_USER, root)
         p = stack.enter_context(
             Personalizer.open(

@@ -12,6 +12,7 @@ AsyncPersonalizer run one at a time, in the order they were made. Example::
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -57,10 +58,12 @@ class AsyncPersonalizer:
     async def list(self, limit: int | None = None, offset: int = 0) -> list[Record]:
         return await self._run(self.sync.list, limit, offset)
 
-    async def search(self, query: str, k: int = 10, **options: Any) -> list[Hit]:
+    # Below the method `list`, a bare `list[...]` would name it: hence `builtins.list`.
+    async def search(self, query: str, k: int = 10, **options: Any) -> builtins.list[Hit]:
         return await self._run(self.sync.search, query, k, **options)
 
-    async def history(self, id: str | None = None, limit: int | None = None) -> list[Change]:
+    async def history(self, id: str | None = None, limit: int | None = None
+                      ) -> builtins.list[Change]:
         return await self._run(self.sync.history, id, limit)
 
     async def delete(self, ids: Sequence[str]) -> None:

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import IO
 
 from .errors import StoreError
+from .user_files import LOCK_FILE
 
 try:  # POSIX only
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
-
-LOCK_FILE = "store.lock"
 
 
 class _FileLockHandle:
@@ -39,8 +38,8 @@ def lock_directory(directory: Path) -> IO[bytes]:
         StoreError: the directory is open elsewhere, or it was removed while the lock was taken.
     """
     path = directory / LOCK_FILE
-    if fcntl is None:  # Windows
-        return _lock_with_filelock(path, directory)  # type: ignore[return-value]
+    if fcntl is None:  # Windows (mypy checks this line only when it checks for Windows)
+        return _lock_with_filelock(path, directory)  # type: ignore[return-value, unused-ignore]
     try:
         handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
     except FileNotFoundError:

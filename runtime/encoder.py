@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import DTypeLike
 from tokenizers import Tokenizer
 
 from .bundle import Bundle
@@ -287,7 +288,7 @@ class Encoder:
         )
 
 
-def padded_batch(encodings: Sequence, pad_id: int, dtype: type = np.int64
+def padded_batch(encodings: Sequence, pad_id: int, dtype: DTypeLike = np.int64
                  ) -> dict[str, np.ndarray]:
     """``input_ids``, ``attention_mask`` and ``token_type_ids`` of a batch of tokenizer
     encodings, padded on the right to the longest (the model inputs of a BERT-style graph)."""

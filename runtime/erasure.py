@@ -20,27 +20,44 @@ delete (and, for a delete a crash interrupted, when it is next opened).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .label_file import drop_records
 from .llm.cache import ResponseCache
-from .llm.outbox import OUTBOX_FILENAME, Outbox
+from .llm.outbox import Outbox
+from .user_files import CACHE_FILE, FEEDBACK_FILE, LABELS_FILE, OUTBOX_FILE, PRIVATE_TEXT_FILES
 
-__all__ = ["CACHE_FILE", "FEEDBACK_FILE", "HEADS_DIR", "LABELS_FILE", "erase_from_user_files"]
+__all__ = ["ERASERS", "erase_from_user_files"]
 
-CACHE_FILE = "llm_cache.sqlite"
-"""The user's response cache, in the user's directory."""
-HEADS_DIR = "heads"
-"""The user's heads and their labels, in the user's directory."""
-LABELS_FILE = Path(HEADS_DIR) / "labels.npz"
-FEEDBACK_FILE = Path(HEADS_DIR) / "feedback.npz"
-"""The user's feedback (labelled pairs), used by every fit."""
-"""The labels the user's heads were fitted on, relative to the user's directory."""
+
+def _drop_label_groups(path: Path, erased: dict[str, str]) -> None:
+    drop_records(path, list(erased))
+
+
+def _drop_cache_entries(path: Path, erased: dict[str, str]) -> None:
+    if path.exists():
+        with ResponseCache(path) as responses:
+            responses.drop_sources(list(erased))
+
+
+def _blank_outbox_texts(path: Path, erased: dict[str, str]) -> None:
+    if path.exists():
+        Outbox(path).erase(erased)
+
+
+ERASERS: dict[str, Callable[[Path, dict[str, str]], None]] = {
+    LABELS_FILE: _drop_label_groups,
+    FEEDBACK_FILE: _drop_label_groups,
+    CACHE_FILE: _drop_cache_entries,
+    OUTBOX_FILE: _blank_outbox_texts,
+}
+"""How each file of :data:`~hydrahead.runtime.user_files.PRIVATE_TEXT_FILES` forgets records
+(file name -> ``eraser(path, {id: text})``)."""
 
 
 def erase_from_user_files(directory: Path, erased: Sequence[tuple[str, str]]) -> None:
-    """Remove deleted records from the labels, response cache and outbox of ``directory``.
+    """Remove deleted records from every file of ``directory`` that holds history text.
 
     Args:
         directory: A store (user) directory.
@@ -48,13 +65,6 @@ def erase_from_user_files(directory: Path, erased: Sequence[tuple[str, str]]) ->
     """
     if not erased:
         return
-    ids = [record_id for record_id, _ in erased]
-    drop_records(directory / LABELS_FILE, ids)
-    drop_records(directory / FEEDBACK_FILE, ids)
-    cache = directory / CACHE_FILE
-    if cache.exists():
-        with ResponseCache(cache) as responses:
-            responses.drop_sources(ids)
-    outbox = directory / OUTBOX_FILENAME
-    if outbox.exists():
-        Outbox(outbox).erase(dict(erased))
+    records = dict(erased)
+    for name in PRIVATE_TEXT_FILES:
+        ERASERS[name](directory / name, records)

@@ -34,8 +34,11 @@ import onnxruntime as ort
 from .bundle import Bundle
 from .encoder import padded_batch, physical_cores
 from .errors import BundleError, InvalidInputError
-from .heads import Head
+from .heads import Head, read_base_head
 from .pair_base import PairBase, check_pair
+
+REBUILD = ("pull the bundle again (`hydrahead bundle pull SOURCE`) or rebuild it with "
+           "`hydrahead export bundle --out DIR`")
 
 
 @runtime_checkable
@@ -184,12 +187,11 @@ def _onnx(bundle: Bundle, role: str) -> Featurizer:
 
 def _cross(bundle: Bundle, role: str) -> Featurizer:
     spec = bundle.model(role)
+    head = read_base_head(bundle.file(role, "head"), error=BundleError, hint=REBUILD)
     try:
-        with np.load(bundle.file(role, "head"), allow_pickle=False) as npz:
-            head = Head.from_arrays({k: npz[k] for k in npz.files})
         names, scale = spec["feature_names"], spec["feature_scale"]
         max_length = int(spec["max_length"])
-    except (OSError, ValueError, KeyError, InvalidInputError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"the {role} cross base in {bundle.root} is damaged: {exc}") from exc
     return OnnxCrossBase(str(bundle.file(role, "graph")), str(bundle.file(role, "tokenizer")),
                          head, names, scale, max_length, base_fingerprint(bundle, role))

@@ -9,6 +9,7 @@ matrices); ``tests/test_head_gradients.py`` checks it against finite differences
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -161,9 +162,8 @@ def fit_head(
     pull = np.empty_like(theta)  # scratch for the L2 gradient
 
     best_theta = theta.copy()
-    best_epoch, best_val = 0, None
-    if objective.has_validation:
-        best_val = objective.val_loss(views)
+    best_epoch = 0
+    best_val = objective.val_loss(views) if objective.has_validation else math.inf
     epochs_run, stale = 0, 0
     for epoch in range(1, epochs + 1):
         epochs_run = epoch
@@ -192,7 +192,7 @@ def fit_head(
     report = FitReport(
         epochs=epochs_run,
         best_epoch=best_epoch,
-        best_val_loss=None if best_val is None else float(best_val),
+        best_val_loss=float(best_val) if objective.has_validation else None,
         train_loss=float(objective.train_loss(views)),
         n_train=objective.n_train,
         n_val=objective.n_val,
@@ -208,6 +208,11 @@ class _Batch:
 
     H: np.ndarray
     dloss: Callable[[np.ndarray], np.ndarray]
+
+
+def _pointwise_dloss(d: np.ndarray, *, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """d loss / d margin of a pointwise batch's mean: ``w * (sigmoid(d) - y) / batch size``."""
+    return w * (_sigmoid(d) - y) / y.size
 
 
 class _Objective(Protocol):
@@ -241,9 +246,7 @@ class _Pointwise:
         for start in range(0, self.n_train, batch_size):
             stop = start + batch_size
             yb, wb = y[start:stop], w[start:stop]
-            # d loss / d margin of the batch's mean: w * (sigmoid(d) - y) / batch size
-            yield _Batch(H[start:stop],
-                         lambda d, yb=yb, wb=wb: wb * (_sigmoid(d) - yb) / yb.size)
+            yield _Batch(H[start:stop], functools.partial(_pointwise_dloss, y=yb, w=wb))
 
     def val_loss(self, p: Mapping[str, np.ndarray]) -> float:
         return _pointwise_loss(_margin(p, _first_layer(p, self.H_val)), self.y_val, self.w_val)

@@ -15,22 +15,29 @@ factorisation: the user part stays a small deviation from the shared part).
 Parameters are stored as float32 (the head of a 64-wide base is about 17 KB); scoring and
 fitting compute in float64, which costs nothing at this size and keeps rankings free of
 rounding ties.
+
+Files (versioned ``.npz`` of :mod:`hydrahead.runtime.npz_file`): a user's head
+(:meth:`Head.save`, format ``hydrahead-head``) holds ``param.<name>`` arrays stamped with its
+``role`` and ``base_fingerprint``; a base head shipped on its own (cross mode,
+:func:`write_base_head`, format ``hydrahead-base-head``) holds ``head.<name>`` arrays.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from collections.abc import Mapping
+from typing import IO
 
 import numpy as np
 
-from .errors import HeadError, InvalidInputError, StaleHeadError
-from .paths import atomic_write_bytes
+from .errors import HeadError, HydraheadError, InvalidInputError, StaleHeadError
+from .npz_file import describe, read_npz, write_npz
 
 FORMAT = "hydrahead-head"
 FORMAT_VERSION = 2  # 2: stamped with its base's fingerprint (1: the whole bundle's)
+BASE_FORMAT = "hydrahead-base-head"  # a bundle's or a training run's base head, unstamped
+BASE_FORMAT_VERSION = 1  # 1: the ``head.`` arrays (headerless files before it read as 1)
+REFIT = "refit with `hydrahead fit`"
 ROLES = ("reranker", "adapter")
 FULL_KEYS = ("W1", "b1", "W2", "b2")
 LOW_RANK_KEYS = ("U", "V", "b1", "W2", "b2")
@@ -144,16 +151,9 @@ class Head:
         _check_role(role)
         if not isinstance(base_fingerprint, str) or not base_fingerprint:
             raise InvalidInputError("base_fingerprint must be a non-empty string")
-        arrays: dict[str, np.ndarray] = {
-            "format": np.array(FORMAT),
-            "format_version": np.array(FORMAT_VERSION),
-            "base_fingerprint": np.array(base_fingerprint),
-            "role": np.array(role),
-            **self.arrays("param."),
-        }
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(path, buffer.getvalue())
+        arrays = {"base_fingerprint": np.array(base_fingerprint), "role": np.array(role),
+                  **self.arrays("param.")}
+        write_npz(path, arrays, format=FORMAT, version=FORMAT_VERSION)
 
     @classmethod
     def load(
@@ -179,16 +179,9 @@ class Head:
                 or its parameters have the wrong keys, shapes or non-finite values.
         """
         _check_role(role)
-        arrays = _read_npz(path)
-        where = f"head file {os.fspath(path)}"
-        if _text(arrays, "format", where) != FORMAT:
-            raise HeadError(f"{where} is not a hydrahead head file")
-        version = _integer(arrays, "format_version", where)
-        if version > FORMAT_VERSION:
-            raise HeadError(
-                f"{where} has format version {version}, newer than this hydrahead understands "
-                f"({FORMAT_VERSION}); upgrade hydrahead"
-            )
+        arrays, _, version = read_npz(path, format=FORMAT, versions=FORMAT_VERSION,
+                                      error=HeadError, hint=REFIT, what="head file")
+        where = describe("head file", path)
         stored_role = _text(arrays, "role", where)
         if stored_role != role:
             raise HeadError(f"{where} holds the {stored_role} head, not the {role} head")
@@ -196,14 +189,14 @@ class Head:
         if version < 2 or stamp != base_fingerprint:
             raise StaleHeadError(
                 f"the {role} head was fitted on base {stamp[:12]}…, the bundle's {role} base is "
-                f"{base_fingerprint[:12]}…; refit with `hydrahead fit`"
+                f"{base_fingerprint[:12]}…; {REFIT}"
             )
         params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
         head = cls.from_params(_checked_params(params, HeadError, where=where))
         if hidden is not None and head.hidden != hidden:
             raise HeadError(
                 f"{where} reads hidden vectors of width {head.hidden}, the base makes {hidden}; "
-                "refit with `hydrahead fit`"
+                f"{REFIT}"
             )
         return head
 
@@ -235,6 +228,33 @@ class Head:
     def __repr__(self) -> str:
         form = "full" if self.rank is None else f"rank {self.rank}"
         return f"Head(hidden={self.hidden}, {form}, {self.nbytes} bytes)"
+
+
+# ---------------------------------------------------------------------- base head files
+def write_base_head(target: str | os.PathLike[str] | IO[bytes], head: Head) -> None:
+    """Write a shared base head on its own (cross mode's bundle file and training output).
+
+    Unlike :meth:`Head.save` the file carries no stamp: it *is* part of a base. Its arrays are
+    :meth:`Head.arrays` (``head.W1`` ...); a path is written atomically, readable by all (0644).
+    """
+    write_npz(target, head.arrays(), format=BASE_FORMAT, version=BASE_FORMAT_VERSION,
+              mode=0o644)
+
+
+def read_base_head(source: str | os.PathLike[str] | IO[bytes], *,
+                   error: type[HydraheadError], hint: str) -> Head:
+    """Read a base head written by :func:`write_base_head` (or a headerless one of before).
+
+    Args:
+        source: The .npz file (path or binary file object).
+        error: The caller's exception type for an unusable file (e.g. ``BundleError``).
+        hint: What the user should do about it, ending the message.
+    """
+    arrays = read_npz(source, format=BASE_FORMAT, versions=BASE_FORMAT_VERSION, error=error,
+                      hint=hint, what="base head", unversioned=1).arrays
+    where = describe("base head", source)
+    params = {k[len("head."):]: v for k, v in arrays.items() if k.startswith("head.")}
+    return Head.from_params(_checked_params(params, error, where=where))
 
 
 # ---------------------------------------------------------------------- forward / backward
@@ -273,6 +293,7 @@ def _checked_params(
 ) -> dict[str, np.ndarray]:
     """Validate keys, shapes and values; return read-only float32 copies."""
     keys = set(params)
+    names: tuple[str, ...]
     if keys == set(FULL_KEYS):
         names = FULL_KEYS
     elif keys == set(LOW_RANK_KEYS):
@@ -317,29 +338,8 @@ def _check_role(role: str) -> None:
         raise InvalidInputError(f"role must be one of {ROLES}, got {role!r}")
 
 
-def _read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """All arrays of an .npz file, read eagerly; any failure becomes a HeadError."""
-    where = f"head file {os.fspath(path)}"
-    if not os.path.exists(path):
-        raise HeadError(f"{where} does not exist; fit one with `hydrahead fit`")
-    try:  # our own file handle: np.load leaks its own when the zip is truncated
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise HeadError(
-            f"{where} is corrupt ({exc}); delete it and refit with `hydrahead fit`"
-        ) from exc
-
-
 def _text(arrays: Mapping[str, np.ndarray], key: str, where: str) -> str:
     a = arrays.get(key)
     if a is None or a.shape != () or a.dtype.kind != "U":
         raise HeadError(f"{where} is corrupt: missing or malformed {key!r}")
     return str(a)
-
-
-def _integer(arrays: Mapping[str, np.ndarray], key: str, where: str) -> int:
-    a = arrays.get(key)
-    if a is None or a.shape != () or a.dtype.kind not in "iu":
-        raise HeadError(f"{where} is corrupt: missing or malformed {key!r}")
-    return int(a)

@@ -37,9 +37,8 @@ import numpy as np
 from . import hnsw_file
 from .errors import StoreError
 from .paths import atomic_write_bytes
+from .user_files import INDEX_FILE, STAMP_FILE
 
-INDEX_FILE = "index.hnsw"
-STAMP_FILE = "index.stamp.json"
 STAMP_FORMAT = 1
 MIN_CAPACITY = 1024
 """Slots allocated for a new or rebuilt index at least; it doubles when full."""
@@ -155,11 +154,6 @@ class VectorIndex:
         return cls(index, params, live=int(state["count"]))
 
     @property
-    def live(self) -> int:
-        """Number of vectors that are not deleted."""
-        return self._live
-
-    @property
     def capacity(self) -> int:
         """Number of slots allocated (live, deleted-but-reusable and free)."""
         return self._index.get_max_elements()
@@ -206,7 +200,7 @@ class VectorIndex:
 
         Args:
             vector: (dim,) float32 query.
-            k: Number of neighbours (at most :attr:`live`).
+            k: Number of neighbours (at most the number of vectors not deleted).
             allowed: Optional predicate on labels; other labels are skipped.
 
         Returns:

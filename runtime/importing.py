@@ -25,15 +25,6 @@ from .tasks.lamp import LampQuestion, load_lamp_questions
 from .users import remember_task
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read one JSON object per line (blank lines skipped).
-
-    Raises:
-        InvalidInputError: naming the line that is not a JSON object.
-    """
-    return [row for _, row in iter_jsonl(path)]
-
-
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``("file:line", object)`` for each line, reading one line at a time.
 
@@ -205,6 +196,8 @@ def import_file(
     if encoder is None:
         from .encoder import Encoder
 
+        if bundle is None:
+            raise InvalidInputError("import_file needs a bundle directory or an encoder")
         encoder = Encoder(bundle)
     with HistoryStore.for_user(user_id, encoder=encoder, root=root) as store:
         n = _add_in_batches(store, records, total, progress)

@@ -1,48 +1,47 @@
 """Labelled pairs on disk: a user's fitted labels, and the server's training dataset.
 
-A :class:`~hydrahead.runtime.labeling.PairSet` is written flat, one array per column, into an
-``.npz`` read back with ``allow_pickle=False``. Per role (``reranker.`` or ``adapter.``
-prefix)::
+A :class:`~hydrahead.runtime.pairs.PairSet` is written flat, one array per column, into a
+versioned ``.npz`` (:mod:`hydrahead.runtime.npz_file`: arrays only, with a JSON ``meta``). Per
+role (``reranker.`` or ``adapter.`` prefix)::
 
     query_text (G,) str     query_id (G,) str ("" = not a record)     group_user (G,) int
     item_group (P,) int     item_text (P,) str     item_id (P,) str ("" = an LLM candidate)
     features (P, F) float32     label (P,) float64
     query_vec (G, dim) float32  item_vec (P, dim) float32    (only when vectors are kept)
 
-Two files use it:
+Three files use it:
 
 * ``heads/labels.npz`` in a user's directory, written by ``fit()``: the labels the user's heads
   were fitted on, **without vectors** (record ids point into the user's store; candidates are
   re-embedded). When the bundle's shared base changes, the heads are refitted from it with no
   LLM request. Deleting records from the store drops the groups that held them
   (:func:`drop_records`).
-* ``heads/feedback.npz``, the same columns: every ``feedback()`` the user gave, appended
+* ``heads/feedback.npz``, the same format: every ``feedback()`` the user gave, appended
   (:func:`append_labels`) and used by every later fit.
-* the training dataset of :mod:`hydrahead.train.labels`, many users, **with vectors**, texts
-  kept for a cross-encoder.
+* the training dataset of :mod:`hydrahead.train.labels` (its own format name), many users,
+  **with vectors**, texts kept for a cross-encoder.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .errors import HeadError, InvalidInputError
-from .labeling import PairSet
-from .paths import atomic_write_bytes
+from .npz_file import read_npz, write_npz
+from .pairs import PairSet
 
 FORMAT = "hydrahead-labels"
 FORMAT_VERSION = 1
 ROLES = ("reranker", "adapter")
+DAMAGED = "delete it and run `hydrahead fit` again"
 
 
-def pairs_to_arrays(pairs: PairSet, *, vectors: bool, users: Sequence[int] | None = None,
+def pairs_to_arrays(pairs: PairSet, *, vectors: bool,
+                    users: Sequence[int] | np.ndarray | None = None,
                     prefix: str = "") -> dict[str, np.ndarray]:
     """The columns of ``pairs`` (see the module docstring), keys prefixed by ``prefix``."""
     sizes = [len(y) for y in pairs.labels]
@@ -93,6 +92,8 @@ def pairs_from_arrays(
         q_text, q_id = str(a["query_text"][g]), str(a["query_id"][g]) or None
         texts = [str(t) for t in a["item_text"][rows]]
         ids = [str(i) or None for i in a["item_id"][rows]]
+        q_vec: np.ndarray | None
+        d_vecs: np.ndarray | None
         if stored:
             q_vec, d_vecs = a["query_vec"][g], a["item_vec"][rows]
         else:
@@ -110,27 +111,10 @@ def pairs_from_arrays(
 def save_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
                 meta: Mapping[str, Any]) -> None:
     """Write a user's labels (no vectors) with ``meta`` (JSON) to ``path``, atomically."""
-    arrays = _header(meta)
+    arrays: dict[str, np.ndarray] = {}
     for role, pairs in labels.items():
         arrays.update(pairs_to_arrays(pairs, vectors=False, prefix=f"{role}."))
-    _write(path, arrays)
-
-
-def read_npz(path: str | os.PathLike[str], fmt: str, error: type[Exception] = HeadError
-             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """All arrays of a labels file of format ``fmt`` and its ``meta``; damage raises ``error``."""
-    where = os.fspath(path)
-    try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        if str(arrays["format"]) != fmt:
-            raise error(f"{where} is not a {fmt} file")
-        meta = json.loads(str(arrays["meta"]))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise error(f"{where} is corrupt ({exc})") from exc
-    return arrays, meta
+    _write(path, arrays, meta)
 
 
 def load_labels(
@@ -145,7 +129,7 @@ def load_labels(
         FileNotFoundError: there is no labels file.
         HeadError: the file is damaged.
     """
-    arrays, meta = read_npz(path, FORMAT)
+    arrays, meta = _read(path)
     out = {}
     for role in ROLES:
         if f"{role}.label" in arrays:
@@ -159,7 +143,7 @@ def drop_records(path: str | os.PathLike[str], ids: Sequence[str]) -> int:
     """Remove from a user's labels file every group whose query or items include a record in
     ``ids`` (their text goes with them); returns how many groups were dropped."""
     try:
-        arrays, meta = read_npz(path, FORMAT)
+        arrays, meta = _read(path)
     except FileNotFoundError:
         return 0
     gone = list(set(ids))
@@ -174,7 +158,7 @@ def drop_records(path: str | os.PathLike[str], ids: Sequence[str]) -> int:
         dropped += int(hit.sum())
         out.update({f"{role}.{k}": v for k, v in _keep_groups(a, ~hit).items()})
     if dropped:
-        _write(path, out)
+        _write(path, out, meta)
     return dropped
 
 
@@ -185,10 +169,10 @@ def append_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
     new = {k: v for role, pairs in labels.items()
            for k, v in pairs_to_arrays(pairs, vectors=False, prefix=f"{role}.").items()}
     try:
-        old, _ = read_npz(path, FORMAT)
+        old, _ = _read(path)
     except FileNotFoundError:
         old = {}
-    out = _header(meta)
+    out: dict[str, np.ndarray] = {}
     for role in ROLES:
         parts = [_role_arrays(src, role) for src in (old, new) if f"{role}.label" in src]
         if not parts:
@@ -204,13 +188,7 @@ def append_labels(path: str | os.PathLike[str], labels: Mapping[str, PairSet],
         groups = len(merged["query_text"])
         keep = np.arange(groups) >= groups - limit
         out.update({f"{role}.{k}": v for k, v in _keep_groups(merged, keep).items()})
-    _write(path, out)
-
-
-def _header(meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The arrays every labels file starts with: its format, version and ``meta`` (JSON)."""
-    return {"format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
-            "meta": np.array(json.dumps(dict(meta), sort_keys=True))}
+    _write(path, out, meta)
 
 
 def _role_arrays(arrays: Mapping[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
@@ -232,7 +210,13 @@ def _keep_groups(a: Mapping[str, np.ndarray], keep_group: np.ndarray) -> dict[st
     return out
 
 
-def _write(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and ``meta`` of a labels file; FileNotFoundError if there is none."""
+    arrays, meta, _ = read_npz(path, format=FORMAT, versions=FORMAT_VERSION, error=HeadError,
+                               hint=DAMAGED, what="labels file", raise_not_found=True)
+    return arrays, meta
+
+
+def _write(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],
+           meta: Mapping[str, Any]) -> None:
+    write_npz(path, arrays, format=FORMAT, version=FORMAT_VERSION, meta=meta, compressed=True)

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -48,86 +49,20 @@ from .adapter_features import (
 )
 from .errors import InvalidInputError, LLMBudgetError
 from .llm.client import LLMClient, RequestBudget
+from .pairs import PairSet
 from .records import Record, check_int
 from .reranker_features import reranker_features
-from .store import HistoryStore
+from .settings import Settings
 from .tasks import Task
+
+if TYPE_CHECKING:  # an annotation only
+    from .store import HistoryStore
 
 # Scores (query text, query vector, records, their vectors, their cosines) -> reranker scores;
 # lets the adapter's prompts use the same reranking as ask() does.
 RerankFn = Callable[[str, np.ndarray, Sequence[Record], np.ndarray, np.ndarray], np.ndarray]
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 RERANKER_RULES = ("graded", "binary")
-
-
-@dataclass
-class PairSet:
-    """Labelled (query, item) pairs for one head, grouped by query.
-
-    Besides vectors, named features and targets, each group keeps what identifies it again
-    later: the query's text and record id (``None`` for a query that is not a history record)
-    and each item's text and record id (``None`` for an LLM candidate). A stored label set is
-    refitted from these when the shared base changes (:mod:`hydrahead.runtime.label_file`),
-    and a featurizer that reads texts (a cross-encoder) reads them.
-    """
-
-    queries: list[np.ndarray] = field(default_factory=list)  # one (dim,) vector per group
-    docs: list[np.ndarray] = field(default_factory=list)  # one (n_i, dim) matrix per group
-    labels: list[np.ndarray] = field(default_factory=list)  # one (n_i,) vector in [0, 1]
-    # One (n_i, F) matrix per group: the named features the base passes through.
-    features: list[np.ndarray | None] = field(default_factory=list)
-    query_texts: list[str] = field(default_factory=list)
-    query_ids: list[str | None] = field(default_factory=list)
-    item_texts: list[list[str]] = field(default_factory=list)
-    item_ids: list[list[str | None]] = field(default_factory=list)
-
-    def add(
-        self,
-        query: np.ndarray,
-        docs: np.ndarray,
-        labels: Sequence[float] | np.ndarray,
-        features: np.ndarray | None = None,
-        *,
-        query_text: str = "",
-        query_id: str | None = None,
-        item_texts: Sequence[str] | None = None,
-        item_ids: Sequence[str | None] | None = None,
-    ) -> None:
-        """Append one query's labelled items, their named features, texts and ids."""
-        if len(docs):
-            n = len(docs)
-            self.queries.append(np.asarray(query, dtype=np.float32))
-            self.docs.append(np.asarray(docs, dtype=np.float32))
-            self.labels.append(np.asarray(labels, dtype=np.float64))
-            self.features.append(None if features is None else np.asarray(features, np.float32))
-            self.query_texts.append(query_text)
-            self.query_ids.append(query_id)
-            self.item_texts.append(list(item_texts) if item_texts is not None else [""] * n)
-            self.item_ids.append(list(item_ids) if item_ids is not None else [None] * n)
-
-    def extend(self, other: PairSet) -> None:
-        """Append every group of ``other``."""
-        for name in ("queries", "docs", "labels", "features", "query_texts", "query_ids",
-                     "item_texts", "item_ids"):
-            getattr(self, name).extend(getattr(other, name))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def n_pairs(self) -> int:
-        """Number of labelled pairs."""
-        return int(sum(len(y) for y in self.labels))
-
-    @property
-    def n_positive(self) -> int:
-        """Number of pairs whose target is above 0.5."""
-        return int(sum(int((y > 0.5).sum()) for y in self.labels))
-
-    @property
-    def n_negative(self) -> int:
-        """Number of pairs whose target is below 0.5."""
-        return int(sum(int((y < 0.5).sum()) for y in self.labels))
 
 
 @dataclass
@@ -248,17 +183,14 @@ class Labeler:
         store: The user's history store (records and their embeddings).
         task: Task that renders prompts and judges answers.
         llm: Client of the remote LLM.
+        settings: The pipeline's settings, as ``ask()`` uses them: ``k`` records retrieved per
+            query, ``m`` in the adapter's prompt, ``n`` samples per prompt at ``temperature``,
+            ``max_tokens``, the greedy answer too (``greedy``), and ``seed`` (item selection
+            and the LLM requests).
         budget: Most HTTP requests to send.
-        k: Records retrieved per query (as ``ask()`` does).
-        m: Records in the adapter's prompt.
-        n_candidates: Samples asked for per prompt.
-        temperature: Sampling temperature of the samples.
-        max_tokens: Output bound per answer.
-        seed: Seed of item selection and of the LLM requests.
         items_per_query: Records judged one by one per reranker query.
         reranker_rule: ``"graded"`` or ``"binary"`` (see the module docstring).
         adapter_share: Share of the budget spent on adapter labels.
-        greedy: Ask for the greedy answer too (as ``ask()`` does).
         progress: Show progress bars.
         questions: Labelling queries besides the user's records, used first.
         concurrency: Requests in flight at once (default: the client's ``max_concurrency``).
@@ -270,17 +202,11 @@ class Labeler:
         task: Task,
         llm: LLMClient,
         *,
+        settings: Settings | None = None,
         budget: int = 200,
-        k: int = 20,
-        m: int = 4,
-        n_candidates: int = 8,
-        temperature: float = 1.0,
-        max_tokens: int = 64,
-        seed: int = 0,
         items_per_query: int = 4,
         reranker_rule: str = "graded",
         adapter_share: float = 0.5,
-        greedy: bool = True,
         progress: bool = True,
         questions: Sequence[Question] = (),
         concurrency: int | None = None,
@@ -295,11 +221,10 @@ class Labeler:
         if items_per_query < 1:
             raise InvalidInputError(f"items_per_query must be >= 1, got {items_per_query!r}")
         self.store, self.task, self.llm = store, task, llm
-        self.k, self.m, self.n_candidates = k, m, n_candidates
-        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.settings = settings = settings or Settings()
         self.items_per_query, self.reranker_rule = items_per_query, reranker_rule
-        self.greedy, self.progress = greedy, progress
-        adapter_cost = 1 + int(greedy)
+        self.progress = progress
+        adapter_cost = 1 + int(settings.greedy)
         reranker_cost = items_per_query + int(reranker_rule == "graded")
         n_adapter = int(budget * adapter_share) // adapter_cost
         n_reranker = (budget - n_adapter * adapter_cost) // reranker_cost
@@ -342,7 +267,7 @@ class Labeler:
                 continue
             record = self.records[i]
             scores = self._unit[:i] @ self._unit[i]
-            top = np.argsort(-scores, kind="stable")[: self.k]
+            top = np.argsort(-scores, kind="stable")[: self.settings.k]
             queries.append(_Query(
                 record.id, self.task.query_of(record), str(self.answers[i]), self.vectors[i],
                 [int(j) for j in top], scores[top], Counter(before)))
@@ -359,7 +284,7 @@ class Labeler:
             vector = np.asarray(question.vector, dtype=np.float32)
             unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
             scores = np.where(seen, self._unit @ unit, -np.inf)
-            top = np.argsort(-scores, kind="stable")[: min(self.k, int(seen.sum()))]
+            top = np.argsort(-scores, kind="stable")[: min(self.settings.k, int(seen.sum()))]
             counts = answer_counts(self.task, [a for a, s in zip(self.answers, seen) if s])
             out.append(_Query(None, question.text, question.gold, vector,
                               [int(j) for j in top], scores[top], counts))
@@ -381,7 +306,7 @@ class Labeler:
             try:
                 return self._counter.complete(
                     self.llm, request.prompt, n=request.n, temperature=request.temperature,
-                    max_tokens=self.max_tokens, seed=query_seed(q.text, self.seed),
+                    max_tokens=self.settings.max_tokens, seed=query_seed(q.text, self.settings.seed),
                     sources=sources, budget=budget)
             except LLMBudgetError:
                 return None
@@ -399,8 +324,8 @@ class Labeler:
     # ------------------------------------------------------------------ reranker
     def reranker_labels(self) -> PairSet:
         """Labels for single records across the top-k depth (see the module docstring)."""
-        rng = np.random.default_rng(self.seed)
-        sample = dict(n=self.n_candidates, temperature=self.temperature)
+        rng = np.random.default_rng(self.settings.seed)
+        sample = (self.settings.n, self.settings.temperature)  # (n, temperature)
         planned: list[tuple[_Query, list[int], list[int]]] = []  # query, picked, request indices
         requests: list[_Request] = []
         for q in self._reranker_queries:
@@ -409,18 +334,18 @@ class Labeler:
                 continue
             first = len(requests)
             if self.reranker_rule == "graded":  # the no-record baseline comes first
-                requests.append(_Request(self.task.render_prompt(q.text), q, (), **sample))
+                requests.append(_Request(self.task.render_prompt(q.text), q, (), *sample))
             for j in picked:
                 prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]]])
-                requests.append(_Request(prompt, q, (q.hits[j],), **(
-                    dict(n=1, temperature=0.0) if self.reranker_rule == "binary" else sample)))
+                requests.append(_Request(prompt, q, (q.hits[j],), *(
+                    (1, 0.0) if self.reranker_rule == "binary" else sample)))
             planned.append((q, picked, list(range(first, len(requests)))))
         results = self._ask_all(requests, RequestBudget(self._reranker_budget),
                                 "reranker labels")
         found: list[tuple[_Query, list[int], list[float]]] = []
         for q, picked, indices in planned:
-            outs = [results[i] for i in indices]
-            if any(o is None for o in outs):
+            outs = [o for o in (results[i] for i in indices) if o is not None]
+            if len(outs) < len(indices):
                 continue  # the budget ran out before this query was answered
             if self.reranker_rule == "binary":
                 answers = [(o or [""])[0] for o in outs]
@@ -451,13 +376,13 @@ class Labeler:
         for q in self._adapter_queries:
             scores = rerank(q.text, q.vector, [self.records[j] for j in q.hits],
                             self.vectors[q.hits], q.scores)
-            top = np.argsort(-scores, kind="stable")[: self.m]
+            top = np.argsort(-scores, kind="stable")[: self.settings.m]
             prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]] for j in top])
             shown = [q.hits[j] for j in top]
-            if self.greedy:
+            if self.settings.greedy:
                 requests.append(_Request(prompt, q, shown, n=1, temperature=0.0))
-            requests.append(_Request(prompt, q, shown, n=self.n_candidates,
-                                     temperature=self.temperature))
+            requests.append(_Request(prompt, q, shown, n=self.settings.n,
+                                     temperature=self.settings.temperature))
             planned.append((q, top))
         # Whatever the reranker labels did not spend (it may have overspent its plan on a server
         # that ignores n, or spent nothing when the cache answered).
@@ -465,7 +390,7 @@ class Labeler:
             requests, RequestBudget(max(0, self.budget - self._counter.sent)), "adapter labels"))
         found = []
         for q, top in planned:
-            greedy_texts = next(results) if self.greedy else [None]
+            greedy_texts = next(results) if self.settings.greedy else [None]
             samples = next(results)
             if greedy_texts is None or samples is None:
                 continue  # the budget ran out before this query was answered

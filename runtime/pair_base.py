@@ -28,7 +28,7 @@ On the device the base runs as an ONNX graph exported from this one
 through :class:`hydrahead.runtime.featurizer.Featurizer`, the seam a cross-encoder mode would
 use too. The torch twin that training uses is :class:`hydrahead.train.fast_model.FastBase`.
 
-File format (``.npz``, arrays only, loadable with ``allow_pickle=False``):
+File format (a versioned ``.npz`` of :mod:`hydrahead.runtime.npz_file`, arrays only):
 ``format`` = "hydrahead-pair-base", ``format_version`` = 2, ``W`` (4*dim, width) float32,
 ``b`` (width,) float32, ``feature_names`` (F,) str, ``feature_scale`` (F,) float32, and the base
 head's parameters as ``head.W1``, ``head.b1``, ``head.W2``, ``head.b2`` (or ``head.U``,
@@ -38,19 +38,18 @@ the two feature arrays) read as a base with the single named feature ``cos``.
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .errors import BundleError, InvalidInputError
 from .heads import Head
-from .paths import atomic_write_bytes
+from .npz_file import describe, read_npz, write_npz
 
 FORMAT = "hydrahead-pair-base"
 FORMAT_VERSION = 2
+PULL_AGAIN = "pull the bundle again (`hydrahead bundle pull SOURCE`)"
 DEFAULT_DIM = 384
 DEFAULT_HIDDEN = 64
 COSINE = ("cos",)
@@ -212,18 +211,9 @@ class PairBase:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the base and its base head to ``path`` (.npz, atomically)."""
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            format=np.array(FORMAT),
-            format_version=np.array(FORMAT_VERSION),
-            W=self.W,
-            b=self.b,
-            feature_names=np.array(self.feature_names),
-            feature_scale=self.feature_scale,
-            **self.head.arrays(),
-        )
-        atomic_write_bytes(path, buffer.getvalue(), mode=0o644)
+        arrays = {"W": self.W, "b": self.b, "feature_names": np.array(self.feature_names),
+                  "feature_scale": self.feature_scale, **self.head.arrays()}
+        write_npz(path, arrays, format=FORMAT, version=FORMAT_VERSION, mode=0o644)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PairBase:
@@ -232,35 +222,20 @@ class PairBase:
         Raises:
             BundleError: the file is missing, corrupt, of a newer format, or inconsistent.
         """
-        where = f"pair base {os.fspath(path)}"
-        try:
-            # Our own file handle: np.load leaks its own when the zip is truncated.
-            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError as exc:
-            raise BundleError(f"{where} does not exist; pull the bundle again (`hydrahead bundle pull SOURCE`)") from exc
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-            raise BundleError(f"{where} is corrupt ({exc}); pull the bundle again (`hydrahead bundle pull SOURCE`)") from exc
-        missing = {"format", "format_version", "W", "b"} - set(arrays)
+        arrays, _, version = read_npz(path, format=FORMAT, versions=FORMAT_VERSION,
+                                      error=BundleError, hint=PULL_AGAIN, what="pair base")
+        where = describe("pair base", path)
+        missing = {"W", "b"} - set(arrays)
         if missing:
             raise BundleError(f"{where} lacks {sorted(missing)}; re-export the bundle")
-        if str(arrays["format"]) != FORMAT:
-            raise BundleError(f"{where} is not a hydrahead pair base")
-        if arrays["format_version"].dtype.kind not in "iu" or arrays["format_version"].shape != ():
-            raise BundleError(f"{where} has a malformed format_version")
-        version = int(arrays["format_version"])
-        if version > FORMAT_VERSION:
-            raise BundleError(
-                f"{where} has format version {version}, newer than this hydrahead understands "
-                f"({FORMAT_VERSION}); upgrade hydrahead"
-            )
+        names: tuple[str, ...]
         if version == 1 and "cos_scale" in arrays:
             names, scale = COSINE, arrays["cos_scale"].reshape(1)
         elif {"feature_names", "feature_scale"} <= set(arrays):
-            names, scale = arrays["feature_names"], arrays["feature_scale"]
-            if names.dtype.kind != "U" or names.ndim != 1:
+            stored, scale = arrays["feature_names"], arrays["feature_scale"]
+            if stored.dtype.kind != "U" or stored.ndim != 1:
                 raise BundleError(f"{where} has malformed feature_names")
-            names = tuple(str(n) for n in names)
+            names = tuple(str(n) for n in stored)
         else:
             raise BundleError(f"{where} lacks its named features; re-export the bundle")
         try:

@@ -45,6 +45,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import numbers
@@ -57,8 +58,8 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from . import store_search
-from .dir_lock import LOCK_FILE, lock_directory
+from . import erasure, store_search
+from .dir_lock import lock_directory
 from .errors import (
     EncoderMismatchError,
     HydraheadError,
@@ -71,13 +72,13 @@ from .paths import make_private_dir, user_dir
 from .records import Change, Hit, Record, as_ids, as_records, check_int, check_text
 from .store_cache import ReadCache
 from .store_db import (
-    DB_FILE,
     STORE_FORMAT_VERSION,
     RecordDB,
     record_of,
     refuse_lost_database,
     refuse_newer_format,
 )
+from .user_files import DB_FILE, LOCK_FILE
 from .vectors import TextEncoder, checked_vectors, embed_checked
 
 __all__ = ["DB_FILE", "LOCK_FILE", "STORE_FORMAT_VERSION", "Filter", "HistoryStore", "TextEncoder"]
@@ -328,7 +329,7 @@ class HistoryStore:
             merged = {**old.fields, **(dict(fields) if fields is not None else {})}
             record = Record(id=old.id, text=old.text if text is None else text,
                             fields={k: v for k, v in merged.items() if v is not None},
-                            timestamp=old.timestamp if timestamp is UNSET else timestamp)
+                            timestamp=old.timestamp if isinstance(timestamp, _Unset) else timestamp)
             # The same text keeps its stored vector: no encoder call.
             vectors = self.vectors([id]) if text is None else None
             self.add([record], vectors=vectors, upsert=True)
@@ -460,7 +461,7 @@ class HistoryStore:
     def search(
         self, query: str | np.ndarray, k: int = 10, filter: Filter | None = None,
         threshold: float | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:  # `list` alone would be the method above
         """Return the ``k`` records most similar to ``query``, most similar first.
 
         Args:
@@ -656,8 +657,6 @@ class HistoryStore:
 
         ``strict``: raise StoreError if that fails (else log it; the next open retries).
         """
-        from . import erasure  # erasure reads labels, cache and outbox, which import the store
-
         db = self._db
         assert db is not None
         pending = db.pending_erasures()
@@ -698,7 +697,7 @@ class HistoryStore:
                 yield record_of(*row[1:5]), None if vectors is None else vectors[i]
             last = rows[-1][0]
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: builtins.list[str]) -> np.ndarray:
         return embed_checked(self._encoder, texts, self._dim)
 
     def _checked_vectors(self, vectors: object, n: int, what: str = "vectors") -> np.ndarray:

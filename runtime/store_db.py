@@ -39,13 +39,12 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, StoreError, StoreVersionError
-from .hnsw_index import INDEX_FILE, STAMP_FILE
 from .records import RESERVED_KEYS, Record, checked_scalar
+from .user_files import DB_FILE, INDEX_FILE, STAMP_FILE
 
 STORE_FORMAT_VERSION = 1
 """Written to ``PRAGMA user_version``; stores with a higher version are refused untouched."""
 
-DB_FILE = "history.sqlite3"
 IN_CHUNK = 500  # ids or labels per "IN (...)" query (older SQLite allows 999 parameters)
 SCAN_CHUNK = 4096  # rows per chunk when streaming the table
 
@@ -254,6 +253,7 @@ class RecordDB:
                         (record.id, *values),
                     )
                     label = cursor.lastrowid
+                    assert label is not None  # an INSERT into a rowid table sets it
                 else:
                     conn.execute(
                         "UPDATE items SET text = ?, fields = ?, timestamp = ?, embedding = ? "
@@ -339,7 +339,10 @@ class RecordDB:
         numerically, as in Python, and strings only equal strings. None matches a missing
         field or a null (item_fields holds no nulls).
         """
-        present, absent, params, absent_params = [], [], [], []
+        present: list[str] = []
+        absent: list[str] = []
+        params: list[object] = []
+        absent_params: list[object] = []
         for key, value in filter.items():
             if not isinstance(key, str) or key in RESERVED_KEYS:
                 raise InvalidInputError(f"filter keys must be field names, got {key!r}")
@@ -365,8 +368,9 @@ class RecordDB:
         ``predicate``."""
         if labels is not None:
             for start in range(0, len(labels), IN_CHUNK):
-                rows = self.rows_by("label", labels[start : start + IN_CHUNK], "label, embedding")
-                chunk = sorted(rows.values())
+                by_label = self.rows_by("label", labels[start : start + IN_CHUNK],
+                                        "label, embedding")
+                chunk = sorted(by_label.values())
                 yield label_array(chunk), self.decode([b for _, b in chunk])
             return
         columns = "label, embedding, id, text, fields, timestamp" if predicate else (

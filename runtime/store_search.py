@@ -139,8 +139,8 @@ def hits(db: RecordDB, labels: list[int], q: np.ndarray, k: int, cache: ReadCach
     missing = [label for label, row in found.items() if row is None]
     if missing:
         rows = db.rows_by("label", missing, "label, id, text, fields, timestamp, embedding")
-        vectors = db.decode([row[5] for row in rows.values()]) if rows else []
-        for (label, row), vector in zip(rows.items(), vectors):
+        decoded: Iterable[np.ndarray] = db.decode([row[5] for row in rows.values()]) if rows else []
+        for (label, row), vector in zip(rows.items(), decoded):
             cache.put_row(label, record_of(*row[1:5]), vector)
             found[label] = cache.row(label)
     present = [label for label in labels if found.get(label) is not None]  # a foreign delete

@@ -14,8 +14,7 @@ from pathlib import Path
 from .dir_lock import lock_directory
 from .errors import NotFoundError, StoreError, TaskError
 from .paths import atomic_write_bytes, data_root, user_dir, validate_user_id
-
-USER_CONFIG = "user.json"
+from .user_files import USER_CONFIG
 
 
 def list_users(root: str | os.PathLike[str] | None = None) -> list[str]:

@@ -62,13 +62,14 @@ def checked_vectors(vectors: object, n: int, dim: int, what: str = "vectors") ->
             array = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInputError(f"{what} must be an array of numbers ({exc})") from None
+    shape = array.shape  # as given: a query vector becomes one row just below
     if what == "query vector" and array.ndim == 1:
         array = array[None, :]
     if array.shape != (n, dim):
         raise InvalidInputError(
             f"{what} must have shape ({n}, {dim}), got {array.shape}"
             if what == "vectors"
-            else f"{what} must have shape ({dim},), got {np.shape(vectors)}"
+            else f"{what} must have shape ({dim},), got {shape}"
         )
     if not np.isfinite(array).all():
         raise InvalidInputError(f"{what} must be finite (no NaN or inf)")

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydrahead.benchmark.persona_world import make_user
+from hydrahead.evaluation.persona_world import make_user
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.importing import import_records
-from hydrahead.runtime.labeling import Labeler, PairSet
+from hydrahead.runtime.labeling import Labeler
+from hydrahead.runtime.pairs import PairSet
 from hydrahead.runtime.llm.config import LLMConfig
 from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.offline.simulator import SimulatedLLM, SimulatorParams
@@ -38,7 +39,7 @@ def _accuracy(answers: list[str], golds: list[str]) -> float:
 
 def _fit_adapter(p: Personalizer, pairs: PairSet) -> None:
     """Fit the adapter head as Personalizer.fit does (listwise over each query's candidates)."""
-    p._fit_role("adapter", pairs, init=p.base_heads["adapter"])
+    p.heads.fit_role("adapter", pairs, init=p.heads.base["adapter"])
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_server import FaultServer, Reply
-from synthetic_users import make_user
+from testing.fault_server import FaultServer, Reply
+from testing.synthetic_users import make_user
 
 from hydrahead.runtime.async_personalizer import AsyncPersonalizer
 from hydrahead.runtime.bundle import Bundle

@@ -1,6 +1,6 @@
 """`hydrahead bench quality` on the synthetic persona world: every system, one table, JSON, PNG.
 
-The world's users changed one convention lately (see hydrahead.benchmark.persona_world); the
+The world's users changed one convention lately (see hydrahead.evaluation.persona_world); the
 fitted pipeline must beat every prompt-based baseline on it by a clear margin, and the unfitted
 pipeline must answer exactly what dense RAG answers (by construction).
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hydrahead.benchmark.persona_world import make_user, write_world
-from hydrahead.benchmark.quality import BASELINES, SYSTEMS
+from hydrahead.evaluation.persona_world import make_user, write_world
+from hydrahead.evaluation.quality import BASELINES, SYSTEMS
 from hydrahead.cli import cli
 
 MARGIN = 0.10  # accuracy, absolute, over the best prompt-based baseline

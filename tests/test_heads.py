@@ -443,3 +443,12 @@ def test_fitted_heads_learn_idiosyncratic_users_that_cosine_cannot_see() -> None
     # 0.17, and at least 5 of the 6 users gain in every seed.
     assert np.mean(gains) >= 0.15, f"NDCG@4 gains per user: {np.round(gains, 3)}"
     assert np.sum(np.array(gains) > 0.0) >= 5, f"NDCG@4 gains per user: {np.round(gains, 3)}"
+
+
+def test_complex_head_parameters_are_refused() -> None:
+    h = 4
+    with pytest.raises(InvalidInputError, match="real"):
+        Head(np.ones((h, h), complex), np.zeros(h), np.zeros((h, 2)), np.zeros(2))
+    with pytest.raises(InvalidInputError, match="real"):
+        Head.from_arrays({"head.W1": np.ones((h, h), complex), "head.b1": np.zeros(h),
+                          "head.W2": np.zeros((h, 2)), "head.b2": np.zeros(2)})

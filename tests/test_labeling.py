@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydrahead.benchmark.persona_world import make_user
+from hydrahead.evaluation.persona_world import make_user
 from hydrahead.runtime.adapter_features import FEATURE_NAMES
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.errors import InvalidInputError
@@ -112,7 +112,7 @@ def test_concurrent_labelling_gives_the_same_labels_as_serial(user_p) -> None:
 def test_the_budget_caps_requests_sent_to_a_server_that_ignores_n(
     tmp_path: Path, bundle_dir: Path
 ) -> None:
-    from fault_server import FaultServer, Reply
+    from testing.fault_server import FaultServer, Reply
 
     from hydrahead.offline.simulator import SimulatedLLM
 

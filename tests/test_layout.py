@@ -9,7 +9,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "transformers", "optimum", "hydrahead.offline", "hydrahead.offline.simulator",
-         "hydrahead.benchmark", "hydrahead.demo")
+         "hydrahead.evaluation", "hydrahead.demo")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -45,10 +45,52 @@ def test_cli_device_commands_import_no_torch(argv: list[str]) -> None:
     assert _loaded_after(code) == []
 
 
-def test_top_level_names_are_namespaced() -> None:
-    import hydrahead.export
-    import hydrahead.runtime
-    import hydrahead.train
+def test_top_level_names_are_namespaced(tmp_path) -> None:
+    """The repository's runtime/, train/ and export/ are installed only as hydrahead.runtime,
+    hydrahead.train and hydrahead.export: pyproject maps each folder to that one name, every
+    installed package is under hydrahead, and outside the repository ``import runtime`` fails
+    while ``import hydrahead.runtime`` loads the repository's runtime/."""
+    import importlib
+    import os
+    import tomllib
+    from pathlib import Path
 
-    for mod in (hydrahead.runtime, hydrahead.train, hydrahead.export):
-        assert mod.__name__.startswith("hydrahead.")
+    repo = Path(__file__).resolve().parents[1]
+    folders = ("runtime", "train", "export")
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_dir = setuptools["package-dir"]
+    for folder in folders:
+        assert [name for name, path in package_dir.items() if path == folder] == [
+            f"hydrahead.{folder}"]
+        assert Path(importlib.import_module(f"hydrahead.{folder}").__file__).parent == repo / folder
+    assert all(name == "hydrahead" or name.startswith("hydrahead.")
+               for name in [*setuptools["packages"], *package_dir])
+
+    probe = "\n".join(
+        f"try:\n    import {folder}\nexcept ModuleNotFoundError:\n    print('absent')\n"
+        f"else:\n    print({folder}.__file__)" for folder in folders)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what is installed
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=tmp_path, env=env)
+    assert out.stdout.split() == ["absent"] * len(folders)
+
+
+def test_layer_contracts_hold(tmp_path) -> None:
+    """import-linter's contracts ([tool.importlinter] in pyproject) hold: the CLI, evaluation,
+    demo and offline LLM sit above train/ and export/, which sit above runtime/, and runtime/
+    imports no torch, transformers or optimum. Checked on a regular install of the package: the
+    editable one hides runtime/, train/ and export/ from import-linter."""
+    import shutil
+    from pathlib import Path
+
+    from testing import REPO_ROOT
+    from testing.regular_install import install
+
+    lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if lint_imports is None:
+        pytest.skip("lint-imports is not installed (it comes with the [dev] extra)")
+    site = install(tmp_path)
+    out = subprocess.run([lint_imports, "--no-cache", str(REPO_ROOT / "pyproject.toml")],
+                         capture_output=True, text=True, cwd=site)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout

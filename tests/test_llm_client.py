@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_server import Captured, FaultServer, Reply, chat_body, chat_reply, error_reply, free_port
+from testing.fault_server import Captured, FaultServer, Reply, chat_body, chat_reply, error_reply, free_port
 
 from hydrahead.runtime.errors import InvalidInputError, LLMError, LLMResponseError
 from hydrahead.runtime.llm import Completion, LLMClient, LLMConfig, Outbox, ResponseCache

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fault_server import FaultServer, Reply, chat_reply
-from synthetic_users import is_helpful, make_user
+from testing.fault_server import FaultServer, Reply, chat_reply
+from testing.synthetic_users import is_helpful, make_user
 
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
@@ -16,6 +16,7 @@ from hydrahead.runtime.errors import (
     HeadError,
     InvalidInputError,
     LLMError,
+    StoreError,
     TaskError,
 )
 from hydrahead.runtime.adapter_features import candidate_features
@@ -258,10 +259,10 @@ def test_llm_failures_end_in_an_answer_or_a_clear_error(
 def test_heads_of_another_base_are_not_used(tmp_path, bundle, encoder, server, caplog):
     with _open(tmp_path, bundle, encoder, server.url) as p:
         p.heads["reranker"].save(
-            p.heads_dir / "reranker.npz", base_fingerprint="0" * 64, role="reranker"
+            p.heads.directory / "reranker.npz", base_fingerprint="0" * 64, role="reranker"
         )
     with _open(tmp_path, bundle, encoder, server.url) as p:  # no labels stored: base heads
-        assert p.stale == ["reranker"]
+        assert p.heads.stale == ["reranker"]
         assert "hydrahead fit" in caplog.text
 
 
@@ -278,7 +279,7 @@ def test_forget_removes_everything(tmp_path, bundle, encoder, server, user):
 def test_low_rank_heads_are_smaller_and_keep_their_rank(tmp_path, bundle, encoder, server, user):
     with _open(tmp_path, bundle, encoder, server.url, head_rank=8) as p:
         import_records(p.store, p.task, user["history"])
-        full_bytes = p.featurizers["reranker"].head.nbytes
+        full_bytes = p.heads.featurizers["reranker"].head.nbytes
         s = p.fit(budget=40, progress=False)
         assert p.heads["reranker"].rank == 8
         assert s.head_bytes["reranker"] < full_bytes / 2
@@ -332,3 +333,14 @@ def test_records_without_an_answer_are_context(tmp_path, bundle, encoder, server
         for it in a.items:
             if it.record.id in untagged:
                 assert it.record.text.strip() in a.prompt
+
+
+def test_heads_path_that_is_a_file(tmp_path: Path, bundle_dir: Path) -> None:
+    user = tmp_path / "users" / "u"
+    user.mkdir(parents=True)
+    (user / "heads").write_text("not a directory")
+    with pytest.raises(StoreError, match="heads"):
+        Personalizer.open("u", bundle=bundle_dir, task="GIT_area", root=tmp_path)
+    # and the store it opened was closed again: a second open fails the same way, not "in use"
+    with pytest.raises(StoreError, match="heads"):
+        Personalizer.open("u", bundle=bundle_dir, task="GIT_area", root=tmp_path)

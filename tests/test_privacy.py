@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from synthetic_users import make_user
+from testing.synthetic_users import make_user
 
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.importing import import_records

@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_encoder import HashingEncoder, sample_items
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from testing.fake_encoder import HashingEncoder, sample_items
+from testing.strategies import texts
 from hydrahead.runtime import store_search
 from hydrahead.runtime.errors import (
     EncoderMismatchError,
+    HydraheadError,
     InvalidInputError,
     InvalidUserIdError,
     NotFoundError,
@@ -759,3 +763,111 @@ def test_dict_filters_find_the_exact_top_k_at_any_selectivity(
         truth = {flagged[i] for i in np.argsort(-cos)[:10]}
         recalls.append(len(truth & {h.record.id for h in hits}) / len(truth))
     assert np.mean(recalls) >= 0.95, recalls  # approximate (HNSW) where it must be
+
+
+# ---------------------------------------------------------------------- hostile input
+
+ENC = HashingEncoder(16)
+
+
+@pytest.fixture
+def store_of_ten(tmp_path: Path):
+    with HistoryStore.at(tmp_path / "s", encoder=ENC) as opened:
+        opened.add(sample_items(10))
+        yield opened
+
+
+def intact(store: HistoryStore) -> None:
+    assert [r.id for r in store.list()] == [i["id"] for i in sample_items(10)]
+    assert store.search(sample_items(10)[3]["text"], k=1)[0].record.id == sample_items(10)[3]["id"]
+
+
+def test_unencodable_record_ids(store_of_ten: HistoryStore) -> None:
+    bad = "x\udc80"
+    with pytest.raises(InvalidInputError):
+        store_of_ten.get(bad)
+    with pytest.raises(InvalidInputError):
+        store_of_ten.delete([bad])
+    with pytest.raises(InvalidInputError):
+        store_of_ten.get_many(["r0", bad])
+    assert bad not in store_of_ten
+    with pytest.raises(InvalidInputError):
+        store_of_ten.add([{"id": bad, "text": "t"}])
+    intact(store_of_ten)
+
+
+def test_huge_numbers(store_of_ten: HistoryStore) -> None:
+    with pytest.raises(InvalidInputError):
+        store_of_ten.add([{"id": "big", "text": "t", "timestamp": 10**400}])
+    with pytest.raises(InvalidInputError):
+        Record("big", "t", timestamp=10**400)
+    with pytest.raises(InvalidInputError):
+        store_of_ten.list(offset=10**20)
+    with pytest.raises(InvalidInputError):
+        store_of_ten.list(limit=10**20)
+    with pytest.raises(InvalidInputError):
+        store_of_ten.search("t", k=10**20)
+    intact(store_of_ten)
+
+
+def test_record_dict_with_mixed_keys_and_no_id(store_of_ten: HistoryStore) -> None:
+    with pytest.raises(InvalidInputError, match="no 'id'"):
+        store_of_ten.add([{1: "a", "text": "t"}])
+    intact(store_of_ten)
+
+
+ids = st.one_of(texts(12), st.integers(), st.none(), st.binary(max_size=4),
+                st.lists(st.text(max_size=3), max_size=2))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts(8),
+                    st.binary(max_size=3))
+records = st.one_of(
+    st.dictionaries(st.one_of(st.sampled_from(["id", "text", "timestamp", "tag", "date"]),
+                              st.text(max_size=6), st.integers()),
+                    st.one_of(scalars, ids), max_size=5),
+    st.fixed_dictionaries({"id": ids, "text": st.one_of(texts(30), scalars)},
+                          optional={"timestamp": scalars, "tag": scalars, "date": scalars}),
+    scalars,
+)
+numbers = st.one_of(st.integers(), st.floats(), st.none(), st.text(max_size=3))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("add"), st.lists(records, max_size=4), st.booleans()),
+    st.tuples(st.just("delete"), st.lists(ids, max_size=3)),
+    st.tuples(st.just("get"), ids),
+    st.tuples(st.just("contains"), ids),
+    st.tuples(st.just("list"), numbers, numbers),
+    st.tuples(st.just("search"), st.one_of(texts(10), scalars), numbers,
+              st.one_of(st.none(), st.dictionaries(st.text(max_size=4), scalars, max_size=2))),
+), max_size=12))
+def test_store_api_raises_only_its_own_errors_and_loses_nothing(ops, tmp_path_factory) -> None:
+    directory = tmp_path_factory.mktemp("prop")
+    with HistoryStore.at(directory / "s", encoder=ENC) as store:
+        store.add(sample_items(5))
+        model = {r.id: r for r in store.list()}
+        for op in ops:
+            try:
+                if op[0] == "add":
+                    added = store.add(op[1], upsert=op[2])
+                    for record_id in added:
+                        model[record_id] = store.get(record_id)
+                elif op[0] == "delete":
+                    store.delete(op[1])
+                    for record_id in op[1]:
+                        model.pop(record_id, None)
+                elif op[0] == "get":
+                    assert store.get(op[1]) == model[op[1]]
+                elif op[0] == "contains":
+                    assert (op[1] in store) == (isinstance(op[1], str) and op[1] in model)
+                elif op[0] == "list":
+                    store.list(limit=op[1], offset=op[2])
+                else:
+                    store.search(op[1], k=op[2], filter=op[3])
+            except NotFoundError:
+                assert op[0] in ("get", "delete")
+            except HydraheadError:
+                pass
+            assert {r.id: r for r in store.list()} == model
+    with HistoryStore.at(directory / "s", encoder=ENC) as store:
+        assert {r.id: r for r in store.list()} == model

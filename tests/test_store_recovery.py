@@ -2,7 +2,9 @@
 
 Each test builds a store, records search results, damages the index (or crashes before it is
 saved), reopens, and checks that the index was rebuilt (with a logged warning saying why) and
-that searches return exactly what they returned before.
+that searches return exactly what they returned before. An index file rewritten to crash its
+reader, with a stamp that matches it, is rebuilt too, not loaded. SQLite is not a cache: a store
+whose database is lost is refused, never opened silently empty.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -18,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_encoder import HashingEncoder, sample_items
-from hydrahead.runtime import hnsw_index
-from hydrahead.runtime.hnsw_index import INDEX_FILE, STAMP_FILE, VectorIndex
+from testing import REPO_ROOT
+from testing.fake_encoder import HashingEncoder, sample_items
+from hydrahead.runtime import hnsw_file, hnsw_index
+from hydrahead.runtime.errors import StoreError
+from hydrahead.runtime.hnsw_index import INDEX_FILE, STAMP_FILE, VectorIndex, file_sha256
 from hydrahead.runtime.store import DB_FILE, HistoryStore
 
-TESTING = Path(__file__).resolve().parents[1] / "testing"  # the shared helpers, for subprocesses
 
 N_ITEMS = 300
 # Random query vectors, so that no two records tie: the hashing encoder's integer word counts
@@ -145,9 +149,8 @@ def test_crash_before_the_index_is_saved(built, caplog, tmp_path: Path) -> None:
     directory, _ = built
     script = textwrap.dedent(
         f"""
-        import os, sys
-        sys.path.insert(0, {str(TESTING)!r})
-        from fake_encoder import HashingEncoder, sample_items
+        import os
+        from testing.fake_encoder import HashingEncoder, sample_items
         from hydrahead.runtime.store import HistoryStore
         store = HistoryStore.at({str(directory)!r}, encoder=HashingEncoder(64), autosave_every=40)
         store.add(sample_items(50, seed=3, prefix="first"))   # autosaved (50 >= 40)
@@ -156,7 +159,7 @@ def test_crash_before_the_index_is_saved(built, caplog, tmp_path: Path) -> None:
         os._exit(0)
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=REPO_ROOT)
     with caplog.at_level(logging.WARNING, logger="hydrahead.runtime.store"):
         with HistoryStore.at(directory, encoder=HashingEncoder(64)) as store:
             assert "stale" in caplog.text
@@ -256,3 +259,112 @@ def test_index_file_is_written_atomically(built, monkeypatch: pytest.MonkeyPatch
     assert (directory / INDEX_FILE).read_bytes() == old_index
     assert (directory / STAMP_FILE).read_bytes() == old_stamp
     assert not list(directory.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------- a hostile index file
+
+ENC = HashingEncoder(16)
+
+
+def store_of_60(tmp_path: Path) -> Path:
+    directory = tmp_path / "s"
+    with HistoryStore.at(directory, encoder=ENC) as store:
+        store.add(sample_items(60))
+    return directory
+
+
+def restamp(directory: Path) -> None:
+    """Make the stamp's checksum match a rewritten index, as a careful attacker would."""
+    stamp = json.loads((directory / STAMP_FILE).read_text())
+    path = directory / INDEX_FILE
+    stamp["file"] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    (directory / STAMP_FILE).write_text(json.dumps(stamp))
+
+
+def test_stamp_whose_file_entry_is_not_an_object_is_rebuilt(tmp_path: Path, caplog) -> None:
+    directory = store_of_60(tmp_path)
+    stamp = json.loads((directory / STAMP_FILE).read_text())
+    stamp["file"] = ["not", "an", "object"]
+    (directory / STAMP_FILE).write_text(json.dumps(stamp))
+    with HistoryStore.at(directory, encoder=ENC) as store:
+        assert len(store.search("anything", k=5)) == 5
+    assert "rebuilding" in caplog.text
+
+
+def _patch_header(field: str, value: int):
+    def patch(data: bytearray) -> None:
+        offset, fmt = hnsw_file.HEADER_FIELDS[field]
+        struct.pack_into(fmt, data, offset, value)
+    return patch
+
+
+def _break_a_link(data: bytearray) -> None:
+    header = hnsw_file.parse_header(bytes(data))
+    at = header.header_size + header.size_data_per_element * 5  # element 5's level-0 list
+    struct.pack_into("<H", data, at, 1)
+    struct.pack_into("<I", data, at + 4, 2**31)
+
+
+TAMPERS = {
+    "huge element count": _patch_header("cur_element_count", 2**40),
+    "count past capacity": _patch_header("cur_element_count", 5000),
+    "other dimension": _patch_header("size_data_per_element", 8),
+    "entry point out of range": _patch_header("enterpoint_node", 2**31),
+    "huge max level": _patch_header("maxlevel", 2**30),
+    "link to nowhere": _break_a_link,
+    "truncated": lambda data: data.__delitem__(slice(len(data) - 40, None)),
+    "grown": lambda data: data.extend(b"\x01" * 4096),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERS))
+def test_tampered_index_with_matching_stamp_is_rebuilt_not_crashed(
+    case: str, tmp_path: Path
+) -> None:
+    directory = store_of_60(tmp_path)
+    data = bytearray((directory / INDEX_FILE).read_bytes())
+    TAMPERS[case](data)
+    (directory / INDEX_FILE).write_bytes(bytes(data))
+    restamp(directory)
+    script = textwrap.dedent(f"""
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+        from testing.fake_encoder import HashingEncoder
+        from hydrahead.runtime.store import HistoryStore
+        with HistoryStore.at({str(directory)!r}, encoder=HashingEncoder(16)) as store:
+            print(len(store.search("a commit", k=10)))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]  # no SIGSEGV, no raw exception
+    assert result.stdout.strip() == "10"
+    assert "rebuilding the search index" in result.stderr
+
+
+# ---------------------------------------------------------------------------- never silently empty
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_store_that_lost_its_database_is_refused(tmp_path: Path, damage: str) -> None:
+    directory = store_of_60(tmp_path)
+    db = directory / DB_FILE
+    if damage == "truncate":
+        db.write_bytes(b"")
+    else:
+        db.unlink()
+    index = (directory / INDEX_FILE).read_bytes()
+    with pytest.raises(StoreError, match="60 records") as info:
+        HistoryStore.at(directory, encoder=ENC)
+    assert "restore" in str(info.value).lower() and INDEX_FILE in str(info.value)
+    assert (directory / INDEX_FILE).read_bytes() == index  # the evidence is kept
+    assert not db.exists() or db.stat().st_size == 0
+
+
+def test_an_emptied_store_that_was_saved_empty_opens(tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    with HistoryStore.at(directory, encoder=ENC) as store:
+        store.add(sample_items(3))
+        store.delete([i["id"] for i in sample_items(3)])
+    (directory / DB_FILE).unlink()
+    with HistoryStore.at(directory, encoder=ENC) as store:
+        assert len(store) == 0

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from hydrahead.runtime import fitting  # noqa: E402
 from hydrahead.runtime.heads import Head  # noqa: E402
-from hydrahead.runtime.labeling import PairSet  # noqa: E402
+from hydrahead.runtime.pairs import PairSet  # noqa: E402
 from hydrahead.runtime.pair_base import PairBase  # noqa: E402
 from hydrahead.runtime.reranker_features import FEATURE_NAMES  # noqa: E402
 from hydrahead.train.fast_model import (  # noqa: E402

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_users import make_user
+from testing.synthetic_users import make_user
 
-from hydrahead.benchmark.persona_world import write_world
+from hydrahead.evaluation.persona_world import write_world
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.errors import HeadError
@@ -26,7 +26,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from hydrahead.export.bases import GAINS, write_base  # noqa: E402
-from hydrahead.train.labels import LabelSettings, build_dataset, load_dataset  # noqa: E402
+from hydrahead.train.labels import LabelRun, build_dataset, load_dataset  # noqa: E402
 
 
 @pytest.fixture()
@@ -58,18 +58,18 @@ def test_a_changed_base_refits_its_heads_from_stored_labels_with_no_request(
         assert bundle.model("adapter")["trained"] is True
         assert bundle.model("adapter")["parity"]["fp32"]["max_hidden_error"] < 1e-4
         with _open(tmp_path, bundle_copy, server.url) as p:
-            assert list(p.refitted) == ["adapter"]  # the reranker base did not change
-            assert p.refitted["adapter"] is not None
+            assert list(p.heads.refitted) == ["adapter"]  # the reranker base did not change
+            assert p.heads.refitted["adapter"] is not None
             for name, value in before["reranker"].items():
                 np.testing.assert_array_equal(p.heads["reranker"].params[name], value)
             assert any(not np.array_equal(p.heads["adapter"].params[k], v)
                        for k, v in before["adapter"].items())
-            assert isinstance(p.featurizers["adapter"], OnnxFastBase)
+            assert isinstance(p.heads.featurizers["adapter"], OnnxFastBase)
             assert p.ask(make_user(0)["queries"][0]["query"]).answer is not None
         assert len(server.captured) == sent + 2  # the ask only: the refit sent nothing
 
         with _open(tmp_path, bundle_copy, server.url) as p:  # refitted heads are kept
-            assert p.refitted == {}
+            assert p.heads.refitted == {}
         stamp = np.load(tmp_path / "users" / "alice" / "heads" / "adapter.npz")
         assert str(stamp["base_fingerprint"]) == base_fingerprint(Bundle.open(bundle_copy),
                                                                   "adapter")
@@ -84,18 +84,18 @@ def test_a_changed_base_without_stored_labels_opens_with_base_heads_until_a_fit(
         (tmp_path / "users" / "alice" / "heads" / "labels.npz").unlink()
         write_base(bundle_copy, "adapter", _other_adapter_base(384))
         with _open(tmp_path, bundle_copy, server.url) as p:  # never stranded: base heads
-            assert p.stale == ["adapter"] and p.refitted == {}
-            assert p.heads["adapter"].params.keys() == p.base_heads["adapter"].params.keys()
-            for k, v in p.base_heads["adapter"].params.items():
+            assert p.heads.stale == ["adapter"] and p.heads.refitted == {}
+            assert p.heads["adapter"].params.keys() == p.heads.base["adapter"].params.keys()
+            for k, v in p.heads.base["adapter"].params.items():
                 np.testing.assert_array_equal(p.heads["adapter"].params[k], v)
             with pytest.raises(HeadError, match="hydrahead fit"):
                 p.refit_from_labels(["adapter"])
             sent = len(server.captured)
             p.fit(budget=40, progress=False)
             assert len(server.captured) == sent  # the response cache answered every request
-            assert p.stale == []
+            assert p.heads.stale == []
         with _open(tmp_path, bundle_copy, server.url) as p:
-            assert p.stale == [] and p.refitted == {}
+            assert p.heads.stale == [] and p.heads.refitted == {}
 
 
 def test_deleted_records_leave_the_refit(bundle_copy: Path, tmp_path: Path) -> None:
@@ -115,22 +115,22 @@ def test_deleted_records_leave_the_refit(bundle_copy: Path, tmp_path: Path) -> N
             dim=384, hidden=64, seed=9, features=GAINS["reranker"], gain=0.5))
         with _open(tmp_path, bundle_copy, server.url) as p:
             # every reranker label's query was deleted: nothing is left to fit on
-            assert p.refitted == {"reranker": None}
+            assert p.heads.refitted == {"reranker": None}
 
 
 def test_server_labels_are_the_devices_and_a_rerun_sends_nothing(bundle_dir: Path,
                                                                  tmp_path: Path) -> None:
     data = write_world(tmp_path / "world", train_users=2, dev_users=1)
-    settings = LabelSettings(budget=30)
+    run = LabelRun(budget=30)
     with OfflineLLMServer() as server:
         config = LLMConfig.from_env(base_url=server.url)
         first = build_dataset(data, "GIT_area", tmp_path / "labels.npz", bundle=bundle_dir,
                               work=tmp_path / "work", llm=config, simulated=True,
-                              settings=settings, workers=2, progress=False)
+                              run=run, workers=2, progress=False)
         sent = len(server.captured)
         again = build_dataset(data, "GIT_area", tmp_path / "again.npz", bundle=bundle_dir,
                               work=tmp_path / "work", llm=config, simulated=True,
-                              settings=settings, workers=2, progress=False)
+                              run=run, workers=2, progress=False)
         assert len(server.captured) == sent  # resumed from the response caches
     assert first.meta["users"] == 2 and first.meta["simulated"] is True
     assert first.meta["labels"] == "offline simulator"
@@ -170,7 +170,7 @@ def test_cross_mode_trains_exports_and_runs_on_the_device(bundle_dir: Path, bund
         config = LLMConfig.from_env(base_url=server.url)
         dataset = build_dataset(data, "GIT_area", tmp_path / "labels.npz", bundle=bundle_dir,
                                 work=tmp_path / "work", llm=config, simulated=True,
-                                settings=LabelSettings(budget=80), progress=False)
+                                run=LabelRun(budget=80), progress=False)
         # max_groups=6 caps both roles (the adapter's informative groups, where candidates
         # differ, are a minority of what the simulator gives: 80 requests leave enough).
         settings = TrainSettings(mode="cross", epochs=1, base_head_epochs=3, max_groups=6,
@@ -185,9 +185,9 @@ def test_cross_mode_trains_exports_and_runs_on_the_device(bundle_dir: Path, bund
             assert spec["kind"] == "pair-cross-onnx" and spec["trained"] is True
             assert spec["parity"]["fp32"]["max_score_error"] < 1e-3  # the gate ran
         with _open(tmp_path / "home", bundle_copy, server.url) as p:
-            assert all(isinstance(f, OnnxCrossBase) for f in p.featurizers.values())
+            assert all(isinstance(f, OnnxCrossBase) for f in p.heads.featurizers.values())
             import_records(p.store, p.task, make_user(0)["history"])
             s = p.fit(budget=30, progress=False)
             assert s.reports["adapter"] is not None or s.reports["reranker"] is not None
             answer = p.ask(make_user(0)["queries"][0]["query"])
-            assert answer.answer is not None and len(answer.items) == p.m
+            assert answer.answer is not None and len(answer.items) == p.settings.m

@@ -11,7 +11,8 @@ are those of fast mode; only the pair network differs. On the device it runs as 
 (tokenizer outside it; :class:`hydrahead.runtime.featurizer.OnnxCrossBase`).
 
 Files (``save`` / ``load``): ``<dir>/base.pt`` (state dict), ``<dir>/config.json`` (feature
-names and scales, width, max_length), ``<dir>/head.npz`` (the base head).
+names and scales, width, max_length), ``<dir>/head.npz`` (the base head,
+:func:`hydrahead.runtime.heads.write_base_head`).
 """
 
 from __future__ import annotations
@@ -19,18 +20,24 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hydrahead.runtime._optional import require
-from hydrahead.runtime.heads import Head
+from hydrahead.runtime.errors import InvalidInputError
+from hydrahead.runtime.heads import Head, read_base_head, write_base_head
 
 from .sentence_encoder import _offline, model_path
 
-torch = require("torch", "train")
-transformers = require("transformers", "train")
-nn = torch.nn
+if TYPE_CHECKING:  # the type checker reads torch's types; at run time, the import says what
+    import torch  # to install if torch is missing
+    import transformers
+    from torch import nn
+else:
+    torch = require("torch", "train")
+    transformers = require("transformers", "train")
+    nn = torch.nn
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -49,7 +56,10 @@ class CrossBase(nn.Module):
         path: The MiniLM directory (default: the packaged all-MiniLM-L6-v2).
     """
 
-    def __init__(self, feature_names: Sequence[str], feature_scale: Sequence[float], width: int,
+    scale: torch.Tensor  # (F,) a buffer: saved with the state dict, never trained
+
+    def __init__(self, feature_names: Sequence[str], feature_scale: Sequence[float] | np.ndarray,
+                 width: int,
                  *, max_length: int = 128, layers: int | None = None, seed: int = 0,
                  path: str | None = None) -> None:
         super().__init__()
@@ -89,16 +99,20 @@ class CrossBase(nn.Module):
             "feature_scale": [float(x) for x in self.scale],
             "width": self.width, "max_length": self.max_length, "layers": self.layers,
         }, indent=1), encoding="utf-8")
-        np.savez(out / "head.npz", **head.arrays())
+        write_base_head(out / "head.npz", head)
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple[CrossBase, Head]:
-        """Read a base (and its base head) written by :meth:`save`."""
+        """Read a base (and its base head) written by :meth:`save`.
+
+        Raises:
+            InvalidInputError: the base head file is missing or damaged.
+        """
         where = Path(directory)
         config = json.loads((where / "config.json").read_text(encoding="utf-8"))
         base = cls(config["feature_names"], config["feature_scale"], config["width"],
                    max_length=config["max_length"], layers=config.get("layers"))
         base.load_state_dict(torch.load(where / "base.pt", weights_only=True))
-        with np.load(where / "head.npz") as npz:
-            head = Head.from_arrays({k: npz[k] for k in npz.files})
+        head = read_base_head(where / "head.npz", error=InvalidInputError,
+                              hint="train the base again (`hydrahead train fit`)")
         return base.eval(), head

@@ -18,6 +18,7 @@ These are the training twins of the device's numpy code and compute the same fun
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,8 +26,12 @@ from hydrahead.runtime._optional import require
 from hydrahead.runtime.heads import Head
 from hydrahead.runtime.pair_base import PairBase
 
-torch = require("torch", "train")
-nn = torch.nn
+if TYPE_CHECKING:  # the type checker reads torch's types; at run time, the import says what
+    import torch  # to install if torch is missing
+    from torch import nn
+else:
+    torch = require("torch", "train")
+    nn = torch.nn
 
 
 class FastBase(nn.Module):
@@ -38,6 +43,8 @@ class FastBase(nn.Module):
         feature_names: Names of the passthrough features.
         feature_scale: (F,) their fixed scales.
     """
+
+    scale: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(self, W: np.ndarray, b: np.ndarray, feature_names: Sequence[str],
                  feature_scale: np.ndarray) -> None:

@@ -16,13 +16,11 @@ settings, requests sent). Training reads it with :func:`load_dataset`.
 
 from __future__ import annotations
 
-import io
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,29 +32,40 @@ from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.errors import InvalidInputError
 from hydrahead.runtime.importing import import_records, lamp_users
-from hydrahead.runtime.label_file import pairs_from_arrays, pairs_to_arrays, read_npz
-from hydrahead.runtime.labeling import PairSet, Question
+from hydrahead.runtime.label_file import pairs_from_arrays, pairs_to_arrays
+from hydrahead.runtime.labeling import Question
+from hydrahead.runtime.pairs import PairSet
 from hydrahead.runtime.llm.config import LLMConfig
-from hydrahead.runtime.paths import atomic_write_bytes
+from hydrahead.runtime.npz_file import read_npz, write_npz
 from hydrahead.runtime.personalizer import ROLES, Personalizer
+from hydrahead.runtime.settings import Settings
 from hydrahead.runtime.tasks import get_task
 
 FORMAT = "hydrahead-label-dataset"
+FORMAT_VERSION = 1  # (datasets written before versioning have none and read as 1)
 
 
-@dataclass
-class LabelSettings:
-    """How labels are made (the device's defaults, a larger budget per user)."""
+@dataclass(frozen=True)
+class LabelRun:
+    """How labels are made: the device's pipeline settings (its defaults unless given), and
+    what the server adds.
 
-    budget: int = 200  # LLM calls per user
-    k: int = 20
-    m: int = 4
-    n: int = 8
-    temperature: float = 1.0
-    max_tokens: int = 64
-    seed: int = 0
+    Attributes:
+        settings: The pipeline settings each user's ``Personalizer`` labels with.
+        budget: LLM calls per user (larger than a device's default).
+        reranker_rule: ``"graded"`` (hydrahead's) or ``"binary"`` (HYDRA's) reranker labels.
+        questions: Label with the users' own LaMP questions first (their golds are known).
+    """
+
+    settings: Settings = field(default_factory=Settings)
+    budget: int = 200
     reranker_rule: str = "graded"
-    questions: bool = True  # the users' own LaMP questions as labelling queries first
+    questions: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The run's knobs as one flat dict (the dataset's ``meta["settings"]``)."""
+        return {**self.settings.as_dict(), "budget": self.budget,
+                "reranker_rule": self.reranker_rule, "questions": self.questions}
 
 
 @dataclass
@@ -80,7 +89,7 @@ def build_dataset(
     simulated: bool,
     split: str = "train",
     users: int | None = None,
-    settings: LabelSettings | None = None,
+    run: LabelRun | None = None,
     workers: int = 4,
     max_requests: int | None = None,
     progress: bool = True,
@@ -98,13 +107,13 @@ def build_dataset(
         simulated: Whether ``llm`` is the offline simulator (recorded in the meta).
         split: Which users (``train`` by default).
         users: Only the first this many users.
-        settings: Budget per user and the device's labelling settings.
+        run: The pipeline settings, the budget per user and the labelling rule.
         workers: Users labelled concurrently.
         max_requests: Stop starting new users once this many HTTP requests were sent.
         progress: Show a progress bar over users.
         log: Called with one line per finished user.
     """
-    settings = settings or LabelSettings()
+    run = run or LabelRun()
     task = get_task(task_name)
     todo = lamp_users(data, task, split)[:users]
     if not todo:
@@ -118,7 +127,7 @@ def build_dataset(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {
             pool.submit(_label_user, work, user_id, rows, questions, task_name, b, encoder, llm,
-                        settings, sent, max_requests): user_id
+                        run, sent, max_requests): user_id
             for user_id, rows, questions in todo
         }
         bar = tqdm(as_completed(futures), total=len(futures), desc="users", unit="user",
@@ -136,7 +145,7 @@ def build_dataset(
                     f"adapter pairs, {cost['requests_sent']} requests sent")
     names = [u for u, _, _ in todo if u in results]
     pairs = {role: PairSet() for role in ROLES}
-    group_user = {role: [] for role in ROLES}
+    group_user: dict[str, list[int]] = {role: [] for role in ROLES}
     for i, user_id in enumerate(names):
         for role in ROLES:
             pairs[role].extend(results[user_id][0][role])
@@ -147,7 +156,7 @@ def build_dataset(
         "users": len(names), "users_skipped": len(todo) - len(names),
         "labels": "offline simulator" if simulated else f"LLM {llm.model} at {llm.base_url}",
         "simulated": simulated, "bundle_fingerprint": b.fingerprint[:12],
-        "settings": asdict(settings),
+        "settings": run.as_dict(),
         **{k: int(sum(c[k] for c in costs)) for k in
            ("llm_calls", "requests_sent", "prompt_tokens", "completion_tokens",
             "reranker_pairs", "adapter_pairs")},
@@ -173,27 +182,25 @@ class _Sent:
 
 def _label_user(work: Path, user_id: str, rows: list[dict[str, Any]], questions: Sequence[Any],
                 task_name: str, bundle: Bundle, encoder: Encoder, config: LLMConfig,
-                s: LabelSettings, sent: _Sent, max_requests: int | None
+                run: LabelRun, sent: _Sent, max_requests: int | None
                 ) -> tuple[dict[str, PairSet], dict[str, int]] | None:
     """One user's labels, made by ``Personalizer.fit`` in the user's working directory."""
     if max_requests is not None and sent.total >= max_requests:
         return None
     directory = work / "users" / user_id
     directory.mkdir(parents=True, exist_ok=True)
-    options = dict(k=s.k, m=s.m, n=s.n, temperature=s.temperature, seed=s.seed,
-                   max_tokens=s.max_tokens)
     # Given a config, the personalizer keeps the response cache and the ledger in the user's
     # directory, as on a device.
     with Personalizer.open(directory, bundle=bundle, encoder=encoder, task=task_name,
-                           llm=config, **options) as p:
+                           llm=config, settings=run.settings) as p:
         if p.store.count() != len(rows):
             import_records(p.store, p.task, rows)
-        known = [q for q in questions if q.gold is not None] if s.questions else []
+        known = [q for q in questions if q.gold is not None] if run.questions else []
         texts = [p.task.query_text(q.input) for q in known]
-        vectors = encoder.encode(texts) if texts else []
+        vectors = encoder.encode(texts) if texts else np.empty((0, encoder.dim), np.float32)
         asked = [Question(t, q.gold, v, frozenset(str(r.get("id")) for r in q.profile))
                  for t, v, q in zip(texts, vectors, known)]
-        summary = p.fit(budget=s.budget, progress=False, reranker_rule=s.reranker_rule,
+        summary = p.fit(budget=run.budget, progress=False, reranker_rule=run.reranker_rule,
                         questions=asked)
     labels = summary.labels
     sent.add(labels.requests_sent)
@@ -204,22 +211,24 @@ def _label_user(work: Path, user_id: str, rows: list[dict[str, Any]], questions:
 
 
 def save_dataset(path: str | Path, dataset: Dataset) -> None:
-    """Write ``dataset`` (vectors and texts kept) to ``path``, atomically."""
-    arrays: dict[str, np.ndarray] = {
-        "format": np.array(FORMAT), "meta": np.array(json.dumps(dataset.meta, sort_keys=True)),
-        "users": np.array(dataset.users, dtype=str),
-    }
+    """Write ``dataset`` (vectors and texts kept) to ``path``, atomically and owner-only."""
+    arrays = {"users": np.array(dataset.users, dtype=str)}
     for role in ROLES:
         arrays.update(pairs_to_arrays(dataset.pairs[role], vectors=True,
                                       users=dataset.group_user[role], prefix=f"{role}."))
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue(), mode=0o600)
+    write_npz(path, arrays, format=FORMAT, version=FORMAT_VERSION, meta=dataset.meta)
 
 
 def load_dataset(path: str | Path) -> Dataset:
-    """Read a dataset written by :func:`save_dataset`."""
-    arrays, meta = read_npz(path, FORMAT, InvalidInputError)
+    """Read a dataset written by :func:`save_dataset`.
+
+    Raises:
+        InvalidInputError: the file is missing, damaged or not a training dataset.
+    """
+    arrays, meta, _ = read_npz(path, format=FORMAT, versions=FORMAT_VERSION,
+                               error=InvalidInputError, unversioned=1,
+                               hint="build it again with `hydrahead train labels`",
+                               what="training dataset")
     pairs, group_user = {}, {}
     for role in ROLES:
         pairs[role], group_user[role] = pairs_from_arrays(arrays, prefix=f"{role}.")

@@ -85,7 +85,3 @@ class TorchSentenceEncoder:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
-
-def reference_embeddings(texts: Sequence[str], *, max_length: int = MAX_SEQ_LENGTH) -> np.ndarray:
-    """Embed ``texts`` with the torch fp32 reference (loads the model each call)."""
-    return TorchSentenceEncoder(max_length=max_length).encode(texts)

@@ -1,12 +1,17 @@
-"""Training the shared bases (fast mode): HYDRA's multi-user model, on one CPU or many GPUs.
+"""Training the shared bases: HYDRA's multi-user model, on one CPU or many GPUs.
 
-For each role (reranker, adapter), from a label dataset (:mod:`hydrahead.train.labels`):
+Both modes (``TrainSettings.mode``) train here: fast mode's pair network over the items'
+embeddings (:class:`~hydrahead.train.fast_model.FastBase`, saved as ``<role>.npz``) and cross
+mode's MiniLM cross-encoder (:class:`~hydrahead.train.cross_model.CrossBase`, saved as
+``<role>.cross/``). For each role (reranker, adapter), from a label dataset
+(:mod:`hydrahead.train.labels`):
 
-1. **Joint phase.** The shared base (:class:`~hydrahead.train.fast_model.FastBase`, its random
-   non-linear features switched on) and one head per training user, all starting from the
-   untrained base head, are trained together: every user's loss on their own labels (the
-   reranker pointwise, the adapter listwise, as on the device), plus the device's L2 pull of
-   each head toward the base head. Early stopping on held-out groups keeps the best base.
+1. **Joint phase.** The shared base (fast mode: its random non-linear features switched on;
+   cross mode: MiniLM's first ``cross_layers`` layers, fine-tuned) and one head per training
+   user, all starting from the untrained base head, are trained together: every user's loss on
+   their own labels (the reranker pointwise, the adapter listwise, as on the device), plus the
+   device's L2 pull of each head toward the base head. Early stopping on held-out groups keeps
+   the best base.
 2. **Base-head phase.** The base is frozen and the shipped base head, the head a new user
    starts from, is fitted on all users' labels pooled (same losses, same early stopping).
 
@@ -36,21 +41,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from hydrahead.runtime._optional import require
 from hydrahead.runtime.heads import Head
-from hydrahead.runtime.labeling import PairSet
+from hydrahead.runtime.pairs import PairSet
 from hydrahead.runtime.pair_base import PairBase
 
 from .fast_model import FastBase, StackedHeads, listwise_loss, pointwise_loss
 from .labels import Dataset, load_dataset
 from .settings import TrainSettings
 
-torch = require("torch", "train")
+if TYPE_CHECKING:  # the type checker reads torch's types (see fast_model)
+    import torch
+else:
+    torch = require("torch", "train")
 dist = torch.distributed
 
 LISTWISE = {"reranker": False, "adapter": True}  # as the device fits each head
@@ -124,7 +132,8 @@ class _Model(torch.nn.Module):
         super().__init__()
         self.base, self.heads = base, heads
 
-    def forward(self, data: _Data, groups: Any, user_of: Any | None = None) -> tuple[Any, Any]:
+    def forward(self, data: _Data, groups: Any, user_of: Any | None = None
+                ) -> tuple[Any, Any, Any]:
         """Margins and targets of ``groups``' rows, and those rows' slots within them."""
         slots = data.slots[groups]
         valid = slots >= 0
@@ -273,8 +282,9 @@ def _ddp(model: Any, device: Any, world: int) -> Any:
 
 
 def initial_base(role: str, dim: int, s: TrainSettings) -> PairBase:
-    """Where fast-mode training starts: the role's untrained base, its pair network switched
-    on with ``s.init_gain``."""
+    """Where training starts, in either mode: the role's untrained base (its pair network
+    switched on with ``s.init_gain``), whose named features, feature scales, width and base
+    head a cross-mode base takes over too."""
     from hydrahead.export.bases import BASE_ROLES, GAINS  # the device's untrained base heads
 
     return PairBase.untrained(dim=dim, hidden=s.hidden, seed=BASE_ROLES[role],

@@ -11,7 +11,9 @@ Every request it receives is kept, in arrival order, as a :class:`CapturedReques
 exact body bytes (and the headers, without ``Authorization``), so tests can check what would
 have left the device. With ``capture_path`` the captures are also appended to a JSONL file.
 
-``serve_forever()`` runs it in the foreground (``hydrahead llm serve-offline``)::
+:func:`llm_endpoint` serves it for the duration of a command that was asked to work offline
+(every ``--offline``, the demo, the quality evaluation). ``serve_forever()`` runs it in the
+foreground (``hydrahead llm serve-offline``)::
 
     with OfflineLLMServer() as server:
         client = LLMClient(LLMConfig(base_url=server.url, model="any"))
@@ -23,6 +25,8 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,6 +152,31 @@ class OfflineLLMServer:
                     f.write(line + "\n")
 
 
+@contextmanager
+def llm_endpoint(llm_url: str | None, *, offline: bool = False,
+                 announce: Callable[[str], None] | None = None
+                 ) -> Iterator[tuple[str | None, bool]]:
+    """The LLM endpoint of a command or a run, as ``(url, simulated)``.
+
+    Args:
+        llm_url: The endpoint to use when not ``offline`` (``None``: the caller's default,
+            e.g. ``$HYDRAHEAD_LLM_BASE_URL``).
+        offline: Serve the offline simulator on loopback for the duration of the block instead;
+            its URL comes back with ``simulated=True``.
+        announce: Told, when the simulator is started, :data:`SIMULATOR_NOTE` and its URL.
+
+    Raises:
+        LLMError: The simulator cannot listen.
+    """
+    if not offline:
+        yield llm_url, False
+        return
+    with OfflineLLMServer() as server:
+        if announce is not None:
+            announce(f"{SIMULATOR_NOTE} (at {server.url})")
+        yield server.url, True
+
+
 def serve_forever(host: str = "127.0.0.1", port: int = 8000, *,
                   capture_path: str | Path | None = None, quiet: bool = False) -> None:
     """Run the offline simulator server in the foreground until interrupted (Ctrl-C).
@@ -157,8 +186,7 @@ def serve_forever(host: str = "127.0.0.1", port: int = 8000, *,
     """
     server = OfflineLLMServer(host, port, capture_path=capture_path, quiet=quiet).start()
     print(f"hydrahead offline LLM listening on {server.url}", flush=True)
-    print("This is a SIMULATOR, not a language model: answers are computed from the prompt "
-          "text, for tests and demos only.", flush=True)
+    print(SIMULATOR_NOTE, flush=True)
     try:
         while True:
             time.sleep(3600)

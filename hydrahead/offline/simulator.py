@@ -70,8 +70,11 @@ from hydrahead.runtime.tasks.base import (ANSWER_PREFIX, EXAMPLE_HEADER, EXAMPLE
 
 SIMULATOR_MODEL = "hydrahead-offline-simulator"
 SIMULATOR_FINGERPRINT = "hydrahead-offline-simulator-v1"
-SIMULATOR_NOTE = ("offline SIMULATOR, not a language model: answers are computed "
-                  "deterministically from the prompt text (hydrahead testing/demo tool)")
+# The one notice every place that shows simulated answers gives (responses, the server, the
+# CLI, the demo, quality reports).
+SIMULATOR_NOTE = ("OFFLINE SIMULATED LLM: answers come from hydrahead's offline simulator, a "
+                  "SIMULATOR for tests and demos, not a language model; they are computed "
+                  "deterministically from the prompt text")
 
 MAX_N = 128
 NEUTRAL_LENGTH = 8
@@ -474,8 +477,9 @@ def _content_text(content: Any, index: int) -> str:
         return content
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
         parts = [p.get("text") for p in content if isinstance(p, Mapping)]
-        if all(isinstance(t, str) for t in parts):
-            return "\n".join(parts)
+        texts = [t for t in parts if isinstance(t, str)]
+        if len(texts) == len(parts):
+            return "\n".join(texts)
     raise InvalidInputError(f"messages[{index}].content must be a string or a list of text parts")
 
 
@@ -679,7 +683,7 @@ def _content_variants(query: str, weights: Mapping[str, int],
     if 3 <= len(clause) < len(first):
         add(clause, 0.3)
     # The window of `length` words with the most key words, inside one sentence (key phrase).
-    windows = []
+    windows: list[tuple[float, int, list[str]]] = []
     for sentence in sentences:
         words = _words(sentence)
         for i in range(max(1, len(words) - length + 1)):

@@ -63,8 +63,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from types import TracebackType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import requests
 import urllib3
@@ -77,6 +78,7 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
 
 from ... import __version__
 from ..errors import InvalidInputError, LLMBudgetError, LLMError, LLMResponseError
@@ -406,7 +408,7 @@ class LLMClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         retrying = Retrying(
-            stop=stop_after_attempt(self.config.max_retries + 1) | _past(tally),
+            stop=stop_after_attempt(self.config.max_retries + 1) | _Past(tally),
             wait=lambda state: min(self._wait(state), max(tally.remaining(), 0.0)),
             retry=retry_if_exception_type(_Retryable),
             before_sleep=self._log_retry,
@@ -454,16 +456,15 @@ class LLMClient:
             self.outbox.check_writable()  # nothing leaves unrecorded
         started = now_utc()
         t0 = time.perf_counter()
-        record = dict(url=url, attempt=attempt, data=data, started=started, t0=t0,
-                      sources=tally.sources)
+        record = partial(self._record, url, attempt, data, started, t0, tally.sources)
         try:
             status, resp_headers, raw, complete = self._send(url, data, headers, key, tally)
         except (_Retryable, LLMError) as exc:
-            self._record(**record, status=None, text=None, bytes_received=0, error=str(exc))
+            record(status=None, text=None, bytes_received=0, error=str(exc))
             raise
         text = redact(raw.decode("utf-8", errors="replace"), key)
-        self._record(**record, status=status, text=text, bytes_received=len(raw), error=None,
-                     usage=usage_of(raw) if complete and 200 <= status < 300 else None)
+        record(status=status, text=text, bytes_received=len(raw), error=None,
+               usage=usage_of(raw) if complete and 200 <= status < 300 else None)
         if not complete:
             raise LLMResponseError(
                 f"the answer from {url} is larger than max_response_bytes="
@@ -598,6 +599,11 @@ class LLMClient:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _past(tally: _Tally) -> Callable[[RetryCallState], bool]:
+class _Past(stop_base):
     """A tenacity stop condition: the call's total timeout ran out."""
-    return lambda state: tally.remaining() <= 0
+
+    def __init__(self, tally: _Tally) -> None:
+        self.tally = tally
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.tally.remaining() <= 0

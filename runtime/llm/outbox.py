@@ -46,13 +46,13 @@ from typing import Any, Iterator
 
 from ..errors import LLMError
 from ..paths import atomic_write_bytes, user_dir
+from ..user_files import OUTBOX_FILE
 
 log = logging.getLogger(__name__)
 
 RESPONSE_LIMIT = 64 * 1024
 """Answer bodies are recorded up to this many characters (``response_truncated`` says if cut)."""
 
-OUTBOX_FILENAME = "outbox.jsonl"
 ERASED = "[erased: a deleted history record]"
 """What replaces a deleted record's text in the outbox."""
 
@@ -87,7 +87,7 @@ class Outbox:
     def for_user(cls, user_id: str, root: str | os.PathLike[str] | None = None,
                  enabled: bool = True) -> Outbox:
         """The outbox of ``user_id``: ``<data root>/users/<user_id>/outbox.jsonl``."""
-        return cls(user_dir(user_id, root) / OUTBOX_FILENAME, enabled=enabled)
+        return cls(user_dir(user_id, root) / OUTBOX_FILE, enabled=enabled)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -235,7 +235,9 @@ class Outbox:
                 out["failed"] += 1
             out["bytes_sent"] += int(rec.get("bytes_sent") or 0)
             out["bytes_received"] += int(rec.get("bytes_received") or 0)
-            usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
+            usage = rec.get("usage")
+            if not isinstance(usage, dict):
+                usage = {}
             for name in ("prompt_tokens", "completion_tokens"):
                 if isinstance(usage.get(name), int):
                     out[name] += usage[name]
@@ -327,8 +329,12 @@ def _replace_all(text: str, fragments: list[str], escaped: bool) -> tuple[str, b
 
 def _erase_from(rec: dict[str, Any], fragments: Mapping[str, list[str]]) -> bool:
     """Erase the records in ``fragments`` from one outbox entry; True if it changed."""
-    sources = rec.get("sources") if isinstance(rec.get("sources"), list) else []
-    request = rec.get("request") if isinstance(rec.get("request"), str) else ""
+    sources = rec.get("sources")
+    if not isinstance(sources, list):
+        sources = []
+    request = rec.get("request")
+    if not isinstance(request, str):
+        request = ""
     try:
         body = json.loads(request)
         messages = body.get("messages") if isinstance(body, dict) else None

@@ -13,7 +13,7 @@ import math
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeGuard
 
 from ..errors import InvalidInputError
 
@@ -115,9 +115,11 @@ def parse_completion(raw: bytes, key: str | None = None) -> tuple[ParsedAnswer, 
     fingerprint = data.get("system_fingerprint")
     simulated = any(isinstance(v, str) and v.startswith(SIMULATOR_PREFIX)
                     for v in (fingerprint, model))
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
-    tokens = [t if is_int(t) and t >= 0 else 0 for t in tokens]
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    tokens = [t if is_int(t) and t >= 0 else 0
+              for t in (usage.get(k) for k in ("prompt_tokens", "completion_tokens"))]
     answer = ParsedAnswer([redact(content, key) for _, content, _ in indexed], model, simulated,
                      *tokens)
     return answer, [cut for _, _, cut in indexed]
@@ -190,5 +192,5 @@ def describe_error(exc: BaseException, key: str | None) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -111,13 +111,13 @@ class TaskSpec:
 
 def builtin_spec_names() -> list[str]:
     """Names of the specs shipped in ``hydrahead/runtime/data/tasks``."""
-    folder = resources.files("hydrahead.runtime").joinpath("data", "tasks")
+    folder = resources.files("hydrahead.runtime") / "data" / "tasks"
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
 def load_builtin_spec(name: str) -> TaskSpec:
     """A spec shipped with hydrahead, by name (e.g. ``"GIT_area"``)."""
-    resource = resources.files("hydrahead.runtime").joinpath("data", "tasks", f"{name}.json")
+    resource = resources.files("hydrahead.runtime") / "data" / "tasks" / f"{name}.json"
     try:
         data = json.loads(resource.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -28,8 +28,7 @@ import re
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from hydrahead import __version__
+from hydrahead.offline import llm_endpoint
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.errors import InvalidInputError
@@ -46,15 +46,16 @@ from hydrahead.runtime.llm.client import LLMClient
 from hydrahead.runtime.llm.config import LLMConfig
 from hydrahead.runtime.llm.outbox import Outbox
 from hydrahead.runtime.personalizer import ROLES, Personalizer
+from hydrahead.runtime.settings import Settings
 from hydrahead.runtime.tasks import Task, get_task
 from hydrahead.runtime.tasks.lamp import LampQuestion
 
 BASELINES = ("zero-shot", "random", "bm25", "dense")
-HYDRA = {  # system -> (reranker head fitted, adapter head fitted)
-    "base": (False, False),
-    "reranker-fitted": (True, False),
-    "adapter-fitted": (False, True),
-    "fitted": (True, True),
+HYDRA = {  # system -> the roles whose head is the user's fitted one (the others: the base head)
+    "base": (),
+    "reranker-fitted": ("reranker",),
+    "adapter-fitted": ("adapter",),
+    "fitted": ROLES,
 }
 SYSTEMS = (*BASELINES, *HYDRA, "fitted-binary")
 DESCRIPTIONS = {
@@ -68,19 +69,6 @@ DESCRIPTIONS = {
     "fitted": "hydrahead, both heads fitted (graded reranker labels)",
     "fitted-binary": "hydrahead, both heads fitted (HYDRA's binary reranker labels)",
 }
-
-
-@dataclass
-class Settings:
-    """What every system shares."""
-
-    k: int = 20
-    m: int = 4
-    n: int = 8
-    temperature: float = 1.0
-    budget: int = 100
-    seed: int = 0
-    max_tokens: int = 64
 
 
 @dataclass
@@ -183,22 +171,10 @@ class Results:
 
 
 # ------------------------------------------------------------------------------------- run
-@contextmanager
-def llm_endpoint(llm_url: str | None, offline: bool) -> Iterator[tuple[str, bool]]:
-    """The endpoint to use: ``llm_url``, or the offline simulator started for the run."""
-    if offline or not llm_url:
-        from hydrahead.offline.server import OfflineLLMServer
-
-        with OfflineLLMServer() as server:
-            yield server.url, True
-        return
-    yield llm_url, False
-
-
 def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         llm_url: str | None = None, offline: bool = False, model: str | None = None,
-        settings: Settings | None = None, users: int | None = None, compare_binary: bool = True,
-        encoder_threads: int | None = None,
+        settings: Settings | None = None, budget: int = 100, users: int | None = None,
+        compare_binary: bool = True, encoder_threads: int | None = None,
         progress: Callable[[str], None] | None = None) -> tuple[Task, Results]:
     """Run every system on every question of ``split``; see the module docstring.
 
@@ -210,7 +186,8 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         llm_url: OpenAI-compatible base URL; ``None`` or ``offline`` uses the simulator.
         offline: Use the offline simulator even if ``llm_url`` is given.
         model: Model name for a real endpoint (default: ``$HYDRAHEAD_LLM_MODEL``).
-        settings: k, m, N, temperature, fit budget, seed.
+        settings: The pipeline settings every system shares (k, m, N, temperature, seed, ...).
+        budget: Fit budget: LLM calls per user and fit.
         users: Only the first this many users.
         compare_binary: Also fit with HYDRA's binary reranker labels (``fitted-binary``).
         encoder_threads: Threads of the encoder.
@@ -224,14 +201,14 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
     b = Bundle.open(bundle)
     encoder = Encoder(b, threads=encoder_threads)
     started = time.perf_counter()
-    with llm_endpoint(llm_url, offline) as (url, simulated), \
+    with llm_endpoint(llm_url, offline=offline or not llm_url) as (url, simulated), \
             tempfile.TemporaryDirectory(prefix="hydrahead-bench-") as tmp:
         overrides = {"base_url": url, **({"model": model} if model else {})}
         config = LLMConfig.from_env(**overrides)
         results = Results(meta={
             "hydrahead": __version__, "task": task.name, "split": split,
             "data": str(data), "llm": url if not simulated else "offline simulator",
-            "model": config.model, "settings": asdict(settings),
+            "model": config.model, "settings": {**settings.as_dict(), "budget": budget},
             "users": len(all_users), "bundle": str(bundle),
             "bundle_fingerprint": b.fingerprint[:12], "python": platform.python_version(),
             "bases": bases_description(b),
@@ -239,7 +216,7 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         for i, (user_id, rows, questions) in enumerate(all_users, 1):
             t0 = time.perf_counter()
             _run_user(Path(tmp) / f"user{i}", user_id, rows, questions, task, b, encoder,
-                      config, settings, results, compare_binary)
+                      config, settings, budget, results, compare_binary)
             if progress:
                 progress(f"[{i}/{len(all_users)}] {user_id}: {len(rows)} records, "
                          f"{len(questions)} questions, {time.perf_counter() - t0:.1f} s")
@@ -253,47 +230,46 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
 
 def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
               questions: list[LampQuestion], task: Task, bundle: Bundle, encoder: Encoder,
-              config: LLMConfig, s: Settings, results: Results, compare_binary: bool) -> None:
+              config: LLMConfig, s: Settings, budget: int, results: Results,
+              compare_binary: bool) -> None:
     queries = [task.query_text(q.input) for q in questions]
     golds = [q.gold or "" for q in questions]
     results.questions += [{"id": q.id, "user": user_id, "gold": g}
                           for q, g in zip(questions, golds)]
     client = LLMClient(config, cache=None, outbox=Outbox(root / "outbox.jsonl", enabled=False))
-    options = dict(k=s.k, m=s.m, n=s.n, temperature=s.temperature, seed=s.seed,
-                   max_tokens=s.max_tokens)
     with client, Personalizer.open(user_id, bundle=bundle, encoder=encoder, task=task,
-                                   llm=client, root=root, **options) as p:
+                                   llm=client, root=root, settings=s) as p:
         import_records(p.store, task, rows)
-        baselines = _Baselines(p, s)
+        baselines = _Baselines(p, s, client)
         for q, g in zip(queries, golds):
             for name in BASELINES:
                 results.outcomes[name].append(baselines.answer(name, q, g))
         for q, g in zip(queries, golds):
-            results.outcomes["base"].append(_ask(p, q, g))
-        results.fits.append(_fit(p, s, "graded"))
-        fitted = dict(p.heads)
-        for name, (rr, ad) in HYDRA.items():
+            results.outcomes["base"].append(_ask(p, q, g))  # a new user: base heads only
+        results.fits.append(_fit(p, budget, "graded"))
+        for name, fitted in HYDRA.items():
             if name == "base":
                 continue
-            p.heads = {"reranker": fitted["reranker"] if rr else p.base_heads["reranker"],
-                       "adapter": fitted["adapter"] if ad else p.base_heads["adapter"]}
-            for q, g in zip(queries, golds):
-                answer = _ask(p, q, g, oracle=results.oracle if name == "fitted" else None)
-                results.outcomes[name].append(answer)
+            with p.heads.using(fitted=fitted):
+                for q, g in zip(queries, golds):
+                    answer = _ask(p, q, g, oracle=results.oracle if name == "fitted" else None)
+                    results.outcomes[name].append(answer)
         if compare_binary:
-            p.heads = {r: p.base_heads[r] for r in ROLES}
-            results.fits.append(_fit(p, s, "binary"))
-            for q, g in zip(queries, golds):
-                results.outcomes["fitted-binary"].append(_ask(p, q, g))
+            # Fitted from the base heads, as the graded fit was; a head fitted inside the block
+            # answers from then on (the binary heads answer the questions below).
+            with p.heads.using(fitted=()):
+                results.fits.append(_fit(p, budget, "binary"))
+                for q, g in zip(queries, golds):
+                    results.outcomes["fitted-binary"].append(_ask(p, q, g))
 
 
 class _Baselines:
     """The prompt-based systems of one user."""
 
-    def __init__(self, p: Personalizer, s: Settings) -> None:
+    def __init__(self, p: Personalizer, s: Settings, client: LLMClient) -> None:
         from rank_bm25 import BM25Okapi  # the [bench] extra
 
-        self.p, self.s = p, s
+        self.p, self.s, self.client = p, s, client
         self.records = p.store.list()
         self.bm25 = BM25Okapi([_words(p.task.example_text(r)) for r in self.records])
 
@@ -313,7 +289,7 @@ class _Baselines:
             examples = [h.record for h in p.store.search(query, k=s.m)]
         prompt = p.task.render_prompt(query, examples)
         local_ms = (time.perf_counter() - t0) * 1e3
-        c = p.llm.complete(prompt, n=1, temperature=0.0, max_tokens=s.max_tokens,
+        c = self.client.complete(prompt, n=1, temperature=0.0, max_tokens=s.max_tokens,
                            seed=query_seed(query, s.seed))
         text = c.texts[0] if c.texts else ""
         pred = p.task.parse(text)
@@ -329,15 +305,13 @@ def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = No
                    a.prompt_tokens, a.completion_tokens, a.local_ms, a.simulated)
 
 
-def _fit(p: Personalizer, s: Settings, rule: str) -> FitStats:
-    summary = p.fit(budget=s.budget, progress=False, reranker_rule=rule)
+def _fit(p: Personalizer, budget: int, rule: str) -> FitStats:
+    summary = p.fit(budget=budget, progress=False, reranker_rule=rule)
     labels = summary.labels
-    state = sum((p.heads_dir / f"{role}.npz").stat().st_size for role in ROLES
-                if (p.heads_dir / f"{role}.npz").exists())
     return FitStats(rule, labels.requests_sent, labels.prompt_tokens, labels.completion_tokens,
                     summary.seconds, labels.reranker.n_pairs, labels.reranker.n_positive,
                     labels.adapter.n_pairs, labels.adapter.n_positive,
-                    {r: summary.reports[r] is not None for r in ROLES}, state)
+                    {r: summary.reports[r] is not None for r in ROLES}, p.heads.file_bytes())
 
 
 def bases_description(bundle: Bundle) -> str:

@@ -11,13 +11,10 @@ import re
 import subprocess
 from pathlib import Path
 
+from hydrahead.offline.simulator import SIMULATOR_NOTE
 from hydrahead.runtime.tasks import Task
 
 from .quality import BASELINES, SYSTEMS, Results, source_fingerprint, write_json
-
-SIMULATOR_NOTE = ("Every answer here comes from hydrahead's OFFLINE SIMULATED LLM (a deterministic "
-                  "simulator, not a language model): these numbers show what the machinery does "
-                  "with that simulator, not how a real LLM would score.")
 
 
 def code_version(repo: Path | None = None) -> str:
@@ -67,7 +64,8 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
                 else ", trained bases"))
     lines = [f"<!-- quality:{key} -->", title, ""]
     if m["simulated"]:
-        lines += [f"**{SIMULATOR_NOTE}**", ""]
+        lines += [f"**{SIMULATOR_NOTE}. These numbers show what the machinery does with that "
+                  "simulator, not how a real LLM would score.**", ""]
     lines += [
         f"- Run: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
         f"{m['seconds']:.0f} s; code: {version}; bundle {m['bundle_fingerprint']}, shared "

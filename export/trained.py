@@ -1,0 +1,77 @@
+"""A bundle with trained shared bases: a copy of a bundle whose reranker and adapter bases are
+the ones ``hydrahead train fit`` wrote (``hydrahead train export``).
+
+Each base goes through its parity gate on the way in (:func:`~hydrahead.export.bases.write_base`
+for fast-mode bases, :func:`~hydrahead.export.cross_base.write_cross_base` for cross-mode ones),
+and its manifest entry records what it was trained on (the training report's data and
+settings, the fit's figures) and, when given, the dev metrics of a quality run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.errors import ExportError
+from hydrahead.runtime.pair_base import PairBase
+
+from .bases import write_base
+
+TRAINING_REPORT = "training.json"  # what hydrahead.train.trainer.train writes beside the bases
+
+
+def bundle_with_trained_bases(bundle: str | Path, trained: str | Path, out: str | Path, *,
+                              metrics: str | Path | None = None) -> list[str]:
+    """Copy ``bundle`` to ``out`` with the trained bases of ``trained`` in it.
+
+    Args:
+        bundle: The bundle to start from (its encoder and files are copied).
+        trained: The directory ``hydrahead train fit`` wrote: ``training.json`` and, per role,
+            ``<role>.npz`` (fast mode) or ``<role>.cross/`` (cross mode).
+        out: The new bundle directory; must not exist.
+        metrics: A quality run's JSON (``hydrahead bench quality``) whose ``summary`` goes into
+            each base's manifest entry as its dev metrics.
+
+    Returns:
+        The roles whose bases were replaced, in the training report's order.
+
+    Raises:
+        ExportError: ``out`` exists, or a base fails its parity gate (then nothing is left at
+            ``out``).
+    """
+    trained, target = Path(trained), Path(out)
+    report = json.loads((trained / TRAINING_REPORT).read_text(encoding="utf-8"))
+    dev = (json.loads(Path(metrics).read_text(encoding="utf-8"))["summary"] if metrics
+           else None)
+    if target.exists():
+        raise ExportError(f"{target} exists; choose a new --out")
+    try:
+        Bundle.open(bundle).copy_to(target)
+        for role in report["roles"]:
+            _write_trained_base(target, role, trained, _training_meta(report, role, dev))
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return list(report["roles"])
+
+
+def _training_meta(report: dict[str, Any], role: str,
+                   dev: dict[str, Any] | None) -> dict[str, Any]:
+    """What goes into the manifest about one trained base."""
+    return {"data": report["data"], "settings": report["settings"],
+            "fit": {k: v for k, v in report["roles"][role].items()
+                    if k not in ("joint", "base_head")},
+            **({"dev": dev} if dev else {})}
+
+
+def _write_trained_base(target: Path, role: str, trained: Path, meta: dict[str, Any]) -> None:
+    cross = trained / f"{role}.cross"
+    if cross.is_dir():  # cross mode
+        from .cross_base import write_cross_base
+
+        write_cross_base(target, role, cross, training=meta)
+    else:
+        write_base(target, role, PairBase.load(trained / f"{role}.npz"), training=meta)

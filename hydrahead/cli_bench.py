@@ -1,0 +1,89 @@
+"""``hydrahead bench``: the quality evaluation (:mod:`hydrahead.evaluation`) and its synthetic
+persona world.
+
+``bench quality`` is also ``hydrahead train evaluate`` (the same command, registered in
+:mod:`hydrahead.cli_server`): evaluating trained bases is a quality run with the bundle that
+holds them (``hydrahead --bundle bundle-trained/ train evaluate ...``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from hydrahead.cli_common import (
+    Context,
+    Group,
+    echo_err,
+    lamp_options,
+    need_bench_extra,
+    pass_ctx,
+    pipeline_settings,
+    with_llm,
+)
+
+
+@click.group(cls=Group)
+def bench() -> None:
+    """Benchmarks (need hydrahead[bench])."""
+
+
+@bench.command("quality")
+@lamp_options(split="dev")
+@click.option("--budget", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Fit budget: LLM calls per user.")
+@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("-m", "m", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("-n", "n", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--model", help="Model name for --llm-url (default: $HYDRAHEAD_LLM_MODEL).")
+@click.option("--no-binary", is_flag=True, help="Skip the fit with HYDRA's binary labels.")
+@click.option("--out", default="bench/results", show_default=True,
+              type=click.Path(file_okay=False), help="Where the JSON, Markdown and PNG go.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Also replace this run's section of a Markdown report (bench/QUALITY.md).")
+@with_llm
+@pass_ctx
+def bench_quality(obj: Context, data: str, task_name: str, split: str, users: int | None,
+                  budget: int, k: int, m: int, n: int, seed: int, model: str | None,
+                  no_binary: bool, out: str, report: str | None, llm_url: str | None,
+                  offline: bool) -> None:
+    """Every system on every question, same LLM and settings: one table, JSON and a chart.
+
+    Prompt-based baselines (zero-shot, random, BM25 and dense top m) against hydrahead with
+    the bundle's shared base heads, each head fitted alone, and both fitted. Without --llm-url
+    the offline simulator answers (and every output says so). With a bundle of trained bases
+    (--bundle), this evaluates them (also as `hydrahead train evaluate`).
+    """
+    need_bench_extra()
+    from hydrahead.evaluation import quality, report as reports
+    from hydrahead.export.make import ensure_bundle
+
+    settings = pipeline_settings(k=k, m=m, n=n, seed=seed)
+    command = shlex.join(["hydrahead", *sys.argv[1:]])
+    ensure_bundle(obj.bundle_dir, echo=echo_err)
+    task, results = quality.run(
+        Path(data), task_name, split=split, bundle=obj.bundle_dir, llm_url=llm_url,
+        offline=offline, model=model, settings=settings, budget=budget, users=users,
+        compare_binary=not no_binary, progress=echo_err)
+    section, files = reports.write_all(Path(out), task, results, command=command,
+                                       report=Path(report) if report else None)
+    click.echo(section)
+    for path in files.values():
+        echo_err(f"wrote {path}")
+
+
+@bench.command("world")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--train-users", default=12, show_default=True, type=click.IntRange(min=0))
+@click.option("--dev-users", default=12, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def bench_world(out: str, train_users: int, dev_users: int, seed: int) -> None:
+    """Write the synthetic persona world (LaMP format, task GIT_area) to a directory."""
+    from hydrahead.evaluation.persona_world import write_world
+
+    path = write_world(out, train_users=train_users, dev_users=dev_users, seed=seed)
+    click.echo(f"wrote the persona world to {path} (use --data {path} --task GIT_area)")

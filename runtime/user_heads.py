@@ -1,0 +1,299 @@
+"""A user's heads: loaded, checked against the bundle's bases, refitted, fitted, swapped.
+
+Each role (reranker, adapter) has a shared base (the bundle's featurizer, with its base head)
+and the user's own head, saved in ``heads/<role>.npz`` and stamped with the fingerprint of the
+base it reads. A new user starts from the base head. When a bundle update changes a base, the
+head is refitted from the labels of the user's last fit (``heads/labels.npz``) with no LLM
+request; without stored labels the role answers with the base head until the next fit
+(:attr:`UserHeads.stale` names such roles).
+
+Fitting takes labels from the :class:`~hydrahead.runtime.labeling.Labeler` (LLM calls) plus
+the user's stored feedback (``heads/feedback.npz``, the newest :data:`MAX_FEEDBACK` groups per
+head), and keeps the labels for later refits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from . import reranker_features
+from .adapter_features import FEATURE_NAMES
+from .bundle import Bundle
+from .candidate_cache import CandidateCache
+from .errors import BundleError, HeadError, StaleHeadError
+from .featurizer import Featurizer, load_featurizer
+from .fitting import FitReport, fit_head
+from .heads import Head
+from .label_file import append_labels, load_labels, save_labels
+from .labeling import EmbedFn, Labeler, LabelSet, RerankFn
+from .pairs import PairSet
+from .paths import make_private_dir
+from .settings import Settings
+from .store import HistoryStore
+from .user_files import UserFiles
+
+logger = logging.getLogger("hydrahead")
+
+ROLES = ("reranker", "adapter")
+LISTWISE = {"reranker": False, "adapter": True}  # how each head is fitted (see fit_role)
+MAX_FEEDBACK = 2000
+"""Feedback groups kept per head (the oldest go first)."""
+
+
+class UserHeads(Mapping[str, Head]):
+    """The heads a user's pipeline reads, by role (``heads["reranker"]``).
+
+    Args:
+        store: The user's history store (its directory holds ``heads/``; its vectors serve
+            stored labels).
+        bundle: The model bundle, whose featurizers are the shared bases.
+        settings: ``head_rank`` (low-rank heads) and ``seed`` (fitting) are read.
+        candidates: Embeds the LLM candidates of stored labels.
+
+    Attributes:
+        featurizers: The shared base of each role.
+        base: The base head of each role: where a user's head starts and what fitting pulls it
+            toward (factorized when ``settings.head_rank`` is set).
+        directory: The user's ``heads/`` directory.
+        refitted: Roles refitted at open because their base changed (role -> fit report).
+        stale: Roles whose base changed with no stored labels to refit from (they answer with
+            the base head until :meth:`fit`).
+    """
+
+    def __init__(self, store: HistoryStore, bundle: Bundle, *, settings: Settings,
+                 candidates: CandidateCache) -> None:
+        self.store, self.settings, self.candidates = store, settings, candidates
+        self.files = UserFiles(store.directory)
+        self.featurizers: dict[str, Featurizer] = {
+            role: load_featurizer(bundle, role) for role in ROLES}
+        _check_bases(self.featurizers, bundle)
+        rank = settings.head_rank
+        self.base = {role: f.head if rank is None else f.head.factorize(rank)
+                     for role, f in self.featurizers.items()}
+        self.directory = make_private_dir(self.files.heads)
+        self.refitted: dict[str, FitReport | None] = {}
+        self.stale: list[str] = []
+        self._heads = {role: self._load(role) for role in ROLES}
+        self._fitted: frozenset[str] = frozenset(ROLES)  # roles answering with the user's head
+        if self.refitted:
+            self._refit_stale()
+
+    # ------------------------------------------------------------------ Mapping
+    def __getitem__(self, role: str) -> Head:
+        return self._heads[role] if role in self._fitted else self.base[role]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ROLES)
+
+    def __len__(self) -> int:
+        return len(ROLES)
+
+    @contextmanager
+    def using(self, fitted: Sequence[str] = ROLES) -> Iterator[UserHeads]:
+        """Answer with the user's heads for the roles in ``fitted`` only, and with the shared
+        base head for the others, until the block ends (``fitted=()``: base heads only).
+
+        This is how an evaluation compares the fitted pipeline with the base and with one head
+        fitted alone, without touching the saved heads. A head fitted inside the block answers
+        from then on (so ``using(fitted=())`` around a fit starts the fit from the base heads,
+        as a new user's fit would).
+        """
+        unknown = set(fitted) - set(ROLES)
+        if unknown:
+            raise HeadError(f"unknown role(s) {sorted(unknown)}; the roles are {list(ROLES)}")
+        previous = self._fitted
+        self._fitted = frozenset(fitted)
+        try:
+            yield self
+        finally:
+            self._fitted = previous
+
+    def file_bytes(self) -> int:
+        """Bytes of the user's head files on disk (0 for roles never fitted)."""
+        paths = (self.files.head(role) for role in ROLES)
+        return sum(p.stat().st_size for p in paths if p.exists())
+
+    # ------------------------------------------------------------------ fitting
+    def fit_role(self, role: str, pairs: PairSet, *, init: Head,
+                 **fit_options: Any) -> FitReport | None:
+        """Fit one head and save it: the reranker pointwise (HYDRA's loss), the adapter
+        listwise over each query's candidates (it picks one per query; see :func:`fit_head`).
+
+        Returns:
+            The fit's report, or ``None`` when the pairs have nothing to learn from (one class
+            only; no query preferring one candidate over another): the head is then unchanged.
+        """
+        listwise = LISTWISE[role]
+        if listwise and not any(np.ptp(y) > 0 for y in pairs.labels):
+            return None
+        if not listwise and (pairs.n_positive == 0 or pairs.n_negative == 0):
+            return None
+        featurizer = self.featurizers[role]
+        H = np.concatenate([
+            featurizer.hidden_of(qt, q, ts, D, _features(f, len(D))) for qt, q, ts, D, f in zip(
+                pairs.query_texts, pairs.queries, pairs.item_texts, pairs.docs, pairs.features)
+        ])
+        y = np.concatenate(pairs.labels)
+        groups = np.repeat(np.arange(len(pairs.labels)), [len(v) for v in pairs.labels])
+        head, report = fit_head(
+            H, y, init=init, prior=self.base[role], seed=self.settings.seed,
+            groups=groups if listwise else None, **fit_options
+        )
+        self._heads[role] = head
+        self._fitted |= {role}
+        head.save(self.files.head(role), base_fingerprint=featurizer.fingerprint, role=role)
+        return report
+
+    def fit(self, labeler: Labeler, *, rerank: RerankFn, embed: EmbedFn,
+            meta: Mapping[str, Any]) -> tuple[dict[str, FitReport | None], LabelSet]:
+        """Fit both heads from new LLM labels plus the stored feedback, and keep the labels.
+
+        The reranker is labelled and fitted first; the adapter is then labelled on the prompts
+        the fitted reranker builds (``rerank`` reads these heads), as ``ask()`` will.
+
+        Args:
+            labeler: Makes the labels (its budget bounds the LLM requests).
+            rerank: Reranker scores, as the ask pipeline computes them.
+            embed: Embeds candidate texts.
+            meta: Kept in the labels file (e.g. budget, task), with the LLM calls made.
+
+        Returns:
+            Each role's fit report, and what the labelling produced and cost.
+        """
+        feedback = self.stored_feedback()
+        reports: dict[str, FitReport | None] = {}
+        reranker = labeler.reranker_labels()
+        reports["reranker"] = self.fit_role(
+            "reranker", _with(reranker, feedback.get("reranker")), init=self.base["reranker"])
+        adapter = labeler.adapter_labels(rerank, embed)
+        reports["adapter"] = self.fit_role(
+            "adapter", _with(adapter, feedback.get("adapter")), init=self.base["adapter"])
+        self.stale = []
+        summary = labeler.summary(reranker, adapter)
+        save_labels(self.files.labels, {"reranker": reranker, "adapter": adapter},
+                    {**meta, "llm_calls": summary.llm_calls})
+        return reports, summary
+
+    def learn_feedback(self, pairs: Mapping[str, PairSet], task_name: str) -> None:
+        """A few small steps of each head toward the feedback pairs, from its current weights
+        (pulled toward the base head); the pairs are kept for every later fit."""
+        for role, role_pairs in pairs.items():
+            if len(role_pairs):
+                self.fit_role(role, role_pairs, init=self[role], epochs=5, lr=1e-3)
+        append_labels(self.files.feedback, dict(pairs), {"task": task_name}, limit=MAX_FEEDBACK)
+
+    # ------------------------------------------------------------------ stored labels
+    def stored_feedback(self) -> dict[str, PairSet]:
+        """The user's kept feedback pairs per head (records deleted since are left out)."""
+        try:
+            labels, _ = load_labels(self.files.feedback, query_vectors=self._stored_vector,
+                                    item_vectors=self._item_vectors)
+        except FileNotFoundError:
+            return {}
+        return labels
+
+    def refit_from_labels(self, roles: Sequence[str] = ROLES) -> dict[str, FitReport | None]:
+        """Refit heads from the labels of the last fit, with no LLM request.
+
+        This is what happens, automatically, when the bundle's shared base of a role changed
+        since the user's head was fitted (:attr:`refitted` says which heads). Labels whose
+        query record or item record was deleted since are left out.
+
+        Raises:
+            HeadError: there are no stored labels (the user never ran ``fit``, or ran it with
+                a hydrahead that did not keep them): run ``hydrahead fit``; the response cache
+                answers the requests it already made.
+        """
+        try:
+            labels, _ = load_labels(self.files.labels, query_vectors=self._stored_vector,
+                                    item_vectors=self._item_vectors)
+        except FileNotFoundError:
+            raise HeadError(
+                f"the {'/'.join(roles)} head(s) must be refitted and no labels are stored in "
+                f"{self.directory}: run `hydrahead fit` (responses already cached cost no "
+                "request)") from None
+        feedback = self.stored_feedback()
+        reports = {}
+        for role in roles:
+            self._heads[role] = self.base[role].copy()
+            reports[role] = self.fit_role(role, _with(labels.get(role, PairSet()),
+                                                      feedback.get(role)),
+                                          init=self.base[role])
+        return reports
+
+    # ------------------------------------------------------------------ internals
+    def _load(self, role: str) -> Head:
+        path = self.files.head(role)
+        if not path.exists():
+            return self.base[role].copy()  # cold start: the shared base head
+        try:
+            head = Head.load(path, base_fingerprint=self.featurizers[role].fingerprint, role=role)
+        except StaleHeadError:
+            self.refitted[role] = None  # refitted from the stored labels once all are loaded
+            return self.base[role].copy()
+        if head.rank != self.base[role].rank:
+            raise HeadError(
+                f"the saved {role} head has rank {head.rank}, this personalizer was opened with "
+                f"head_rank={self.base[role].rank}; refit with `hydrahead fit` or reopen "
+                "with the same head_rank"
+            )
+        return head
+
+    def _refit_stale(self) -> None:
+        roles = list(self.refitted)
+        user = self.store.directory.name
+        try:
+            self.refitted = self.refit_from_labels(roles)
+        except HeadError as exc:  # no labels: never strand the user; fit() recovers
+            self.refitted = {}
+            self.stale = roles
+            logger.warning("%s; until then %s answers with the shared base heads", exc, user)
+            return
+        for role, report in self.refitted.items():
+            logger.warning(
+                "the %s base of the bundle changed: refitted %s's %s head from %d stored labels "
+                "with 0 LLM requests", role, user, role,
+                0 if report is None else report.n_train + report.n_val)
+
+    def _stored_vector(self, text: str, record_id: str) -> np.ndarray | None:
+        if not record_id:
+            return self.candidates.encoder.encode([text])[0]
+        return self.store.vectors([record_id])[0] if record_id in self.store else None
+
+    def _item_vectors(self, texts: Sequence[str], ids: Sequence[str]) -> np.ndarray | None:
+        if all(ids):  # history records: their stored vectors, unless one was deleted
+            if not all(i in self.store for i in ids):
+                return None
+            return self.store.vectors(list(ids))
+        return self.candidates.vectors(texts)  # LLM candidates
+
+
+def _features(features: np.ndarray | None, n: int) -> np.ndarray:
+    """A group's named features; a group stored without any reads as (n, 0)."""
+    return np.zeros((n, 0), np.float32) if features is None else features
+
+
+def _with(labels: PairSet, extra: PairSet | None) -> PairSet:
+    """``labels`` followed by ``extra`` (a new PairSet; neither is changed)."""
+    out = PairSet()
+    out.extend(labels)
+    if extra is not None:
+        out.extend(extra)
+    return out
+
+
+def _check_bases(bases: dict[str, Featurizer], bundle: Bundle) -> None:
+    """Each base must read the named features this version of hydrahead computes."""
+    expected = {"reranker": reranker_features.FEATURE_NAMES, "adapter": FEATURE_NAMES}
+    for role, names in expected.items():
+        if bases[role].feature_names != names:
+            raise BundleError(
+                f"the {role} base in {bundle.root} reads {list(bases[role].feature_names)}; "
+                f"this hydrahead computes {list(names)}: rebuild the bundle with "
+                "`hydrahead export bundle`")
+
