@@ -24,6 +24,7 @@ from hydrahead.cli_common import (
     ENV_BUNDLE,
     Context,
     Group,
+    check_offline_member,
     echo_err,
     pass_ctx,
     pipeline_settings,
@@ -91,7 +92,7 @@ def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None,
 @with_llm
 @pass_ctx
 def fit(obj: Context, user_id: str, task: str | None, budget: int, model: str | None,
-        as_json: bool, llm_url: str | None, offline: bool) -> None:
+        as_json: bool, llm_url: str | None, offline: str | None) -> None:
     """Fit the user's reranker and adapter heads (labels come from the LLM)."""
     from hydrahead.offline import llm_endpoint
 
@@ -118,7 +119,7 @@ def fit(obj: Context, user_id: str, task: str | None, budget: int, model: str | 
 @pass_ctx
 def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
         model: str | None, k: int | None, m: int | None, n: int | None,
-        temperature: float | None, llm_url: str | None, offline: bool) -> None:
+        temperature: float | None, llm_url: str | None, offline: str | None) -> None:
     """Ask a question as this user; prints the answer and the prompt that left the device."""
     from hydrahead.offline import llm_endpoint
 
@@ -177,12 +178,29 @@ def llm() -> None:
 @llm.command("serve-offline")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--model", "member", default="default", show_default=True, metavar="MEMBER",
+              callback=lambda ctx, param, value: check_offline_member(value),
+              help="The member of the simulated family to serve (`hydrahead llm members`); a "
+                   "request's model \"sim:<member>\" picks another.")
 @click.option("--capture", type=click.Path(dir_okay=False), help="Append received requests here.")
-def serve_offline(host: str, port: int, capture: str | None) -> None:
+def serve_offline(host: str, port: int, member: str, capture: str | None) -> None:
     """Serve the offline simulated LLM (OpenAI-compatible) until interrupted."""
     from hydrahead.offline.server import serve_forever
 
-    serve_forever(host, port, capture_path=capture)  # a taken port: a one-line error
+    serve_forever(host, port, member=member, capture_path=capture)  # a taken port: one line
+
+
+@llm.command("members")
+def llm_members() -> None:
+    """List the members of the offline simulated LLM family (one line each)."""
+    from hydrahead.offline import SIMULATOR_NOTE
+    from hydrahead.offline.family import describe_members
+
+    for line in describe_members():
+        click.echo(line)
+    echo_err(f"serve one with `hydrahead llm serve-offline --model NAME` or `--offline NAME`; "
+             f"a request's model \"sim:NAME\" picks one from any offline server. "
+             f"{SIMULATOR_NOTE}")
 
 
 # ---------------------------------------------------------------------------- demo

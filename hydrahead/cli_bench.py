@@ -3,7 +3,10 @@ persona world.
 
 ``bench quality`` is also ``hydrahead train evaluate`` (the same command, registered in
 :mod:`hydrahead.cli_server`): evaluating trained bases is a quality run with the bundle that
-holds them (``hydrahead --bundle bundle-trained/ train evaluate ...``).
+holds them (``hydrahead --bundle bundle-trained/ train evaluate ...``). ``bench quality
+--family`` runs every member of the offline simulator family and writes one family report, worst
+case first; ``--protocol`` picks the bundle each member is evaluated with
+(:mod:`hydrahead.evaluation.family`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,6 +28,9 @@ from hydrahead.cli_common import (
     pipeline_settings,
     with_llm,
 )
+
+# hydrahead.evaluation.family.PROTOCOLS, spelled here so that the CLI imports no evaluation code
+PROTOCOLS = ("untrained", "matched", "transfer", "loto")
 
 
 @click.group(cls=Group)
@@ -45,32 +52,73 @@ def bench() -> None:
               type=click.Path(file_okay=False), help="Where the JSON, Markdown and PNG go.")
 @click.option("--report", type=click.Path(dir_okay=False),
               help="Also replace this run's section of a Markdown report (bench/QUALITY.md).")
+@click.option("--family", is_flag=True,
+              help="Run every member of the offline simulator family (the same users; "
+                   "--llm-url is not used) and write one family report, worst case first.")
+@click.option("--members", help="Comma-separated family members to run (implies --family).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="untrained",
+              show_default=True,
+              help="The bundle each member is evaluated with: the one given (untrained), "
+                   "BASES/matched/<member>/, BASES/transfer/<member>/ (bases trained without "
+                   "that member: leave one LLM out) or BASES/loto/<task>/ (leave one task out).")
+@click.option("--bases", type=click.Path(file_okay=False),
+              help="The protocol bundles' directory (bench/train_family.sh builds it).")
 @with_llm
 @pass_ctx
 def bench_quality(obj: Context, data: str, task_name: str, split: str, users: int | None,
                   budget: int, k: int, m: int, n: int, seed: int, model: str | None,
-                  no_binary: bool, out: str, report: str | None, llm_url: str | None,
-                  offline: bool) -> None:
+                  no_binary: bool, out: str, report: str | None, family: bool,
+                  members: str | None, protocol: str, bases: str | None, llm_url: str | None,
+                  offline: bool | str | None) -> None:
     """Every system on every question, same LLM and settings: one table, JSON and a chart.
 
     Prompt-based baselines (zero-shot, random, BM25 and dense top m) against hydrahead with
-    the bundle's shared base heads, each head fitted alone, and both fitted. Without --llm-url
+    the bundle's shared base heads, each head fitted alone, and both fitted; each system's gain
+    over the best prompt baseline with a 95% bootstrap interval over users. Without --llm-url
     the offline simulator answers (and every output says so). With a bundle of trained bases
-    (--bundle), this evaluates them (also as `hydrahead train evaluate`).
+    (--bundle), this evaluates them (also as `hydrahead train evaluate`). With --family or
+    --members, one run per simulated LLM of the family and one family report; --protocol
+    matched / transfer / loto evaluates each member with the bundle of --bases that the
+    protocol names.
     """
     need_bench_extra()
-    from hydrahead.evaluation import quality, report as reports
+    from hydrahead.evaluation import family as families, quality, report as reports
     from hydrahead.export.make import ensure_bundle
+    from hydrahead.runtime.tasks import get_task
 
     settings = pipeline_settings(k=k, m=m, n=n, seed=seed)
     command = shlex.join(["hydrahead", *sys.argv[1:]])
-    ensure_bundle(obj.bundle_dir, echo=echo_err)
-    task, results = quality.run(
-        Path(data), task_name, split=split, bundle=obj.bundle_dir, llm_url=llm_url,
-        offline=offline, model=model, settings=settings, budget=budget, users=users,
-        compare_binary=not no_binary, progress=echo_err)
-    section, files = reports.write_all(Path(out), task, results, command=command,
-                                       report=Path(report) if report else None)
+    report_path = Path(report) if report else None
+    bases_dir = Path(bases) if bases else None
+    options: dict[str, Any] = {"split": split, "settings": settings, "budget": budget, "users": users,
+               "compare_binary": not no_binary, "model": model}
+    if family or members:
+        names = families.member_names(members.split(",") if members else None)
+        if protocol == "untrained":
+            ensure_bundle(obj.bundle_dir, echo=echo_err)
+        # (run_family checks every member's bundle before the first run starts)
+        task, runs = families.run_family(
+            Path(data), task_name, members=names, protocol=protocol, bundle=obj.bundle_dir,
+            bases=bases_dir, progress=echo_err, **options)
+        for results in runs.values():
+            _, files = reports.write_all(Path(out), task, results, command=command)
+            for path in files.values():
+                echo_err(f"wrote {path}")
+        section, files = families.write_family(Path(out), task, runs, command=command,
+                                               report=report_path)
+    else:
+        member = families.member_of(offline, llm_url)
+        bundle = families.protocol_bundle(protocol, given=obj.bundle_dir, bases=bases_dir,
+                                          member=member, task=get_task(task_name).name)
+        if protocol == "untrained":
+            ensure_bundle(obj.bundle_dir, echo=echo_err)
+        task, results = quality.run(
+            Path(data), task_name, bundle=bundle, llm_url=llm_url, offline=offline,
+            progress=echo_err, **options)
+        results.meta.update(member=member if results.meta["simulated"] else None,
+                            protocol=protocol)
+        section, files = reports.write_all(Path(out), task, results, command=command,
+                                           report=report_path)
     click.echo(section)
     for path in files.values():
         echo_err(f"wrote {path}")

@@ -77,14 +77,36 @@ llm_options = [
     ),
     click.option(
         "--offline",
-        is_flag=True,
-        help="Use hydrahead's offline LLM simulator (started for this command).",
+        is_flag=False,
+        flag_value="default",
+        default=None,
+        metavar="[MEMBER]",
+        callback=lambda ctx, param, value: check_offline_member(value),
+        help="Use hydrahead's offline LLM simulator (started for this command): its default "
+             "member, or the member named (`hydrahead llm members`).",
     ),
 ]
 
 
+def check_offline_member(value: str | None) -> str | None:
+    """The ``--offline`` value: ``None`` (not given) or a member name of the simulated family.
+
+    Raises:
+        click.BadParameter: No member has that name (the message lists them).
+    """
+    if value is None:
+        return None
+    from hydrahead.offline.family import check_member  # only when --offline is given
+
+    try:
+        return check_member(value)
+    except HydraheadError as exc:
+        raise click.BadParameter(str(exc), param_hint="--offline") from exc
+
+
 def with_llm(fn):
-    """Add ``--llm-url`` and ``--offline`` (see :func:`hydrahead.offline.llm_endpoint`)."""
+    """Add ``--llm-url`` and ``--offline [MEMBER]`` (see :func:`hydrahead.offline.llm_endpoint`;
+    the command gets ``offline`` as ``None`` or a member name)."""
     for opt in reversed(llm_options):
         fn = opt(fn)
     return fn

@@ -8,6 +8,10 @@ sequence, on git-lamp's training users and then its dev users::
     hydrahead train export trained/ --out bundle-trained/
     hydrahead --bundle bundle-trained/ train evaluate --data D --task GIT_area --offline
 
+Across machines, each labels a shard (``--shard 0/4`` ... ``--shard 3/4``, each with its own
+``--work``) and ``hydrahead train merge labels.npz shard-*.npz`` puts them together; ``train
+fit`` also takes several datasets (other tasks, other LLMs) and merges them itself.
+
 ``train evaluate`` is ``hydrahead bench quality`` (:mod:`hydrahead.cli_bench`) under a second
 name. What the commands do beyond options and printing lives in :mod:`hydrahead.export` and
 :mod:`hydrahead.train`.
@@ -54,8 +58,31 @@ def train() -> None:
     """Server side: train the shared bases on many users (needs hydrahead[export])."""
 
 
+class ShardType(click.ParamType):
+    """``I/N``: shard I of N (from 0), as ``(i, n)``."""
+
+    name = "I/N"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, int]:
+        from hydrahead.runtime.errors import InvalidInputError
+        from hydrahead.train.labels import check_shard, parse_shard
+
+        try:
+            return check_shard(value) if isinstance(value, tuple) else parse_shard(value)
+        except InvalidInputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @train.command("labels")
 @lamp_options(split="train")
+@click.option("--shard", type=ShardType(),
+              help="Label only shard I of N of the users (user number p, in file order after "
+                   "--users, is in shard p mod N); merge the shards with `train merge`.")
+@click.option("--llm-name",
+              help="What the labels' LLM is called in the dataset (merging keeps the labels of "
+                   "differently named LLMs apart). Default: 'offline simulator' (with the member's name "
+                   "for --offline MEMBER) or --model.")
 @click.option("--budget", default=200, show_default=True, type=click.IntRange(min=1),
               help="LLM calls per user.")
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1),
@@ -69,9 +96,11 @@ def train() -> None:
 @with_llm
 @pass_ctx
 def train_labels(obj: Context, data: str, task_name: str, split: str, users: int | None,
-                 budget: int, workers: int, max_requests: int | None, model: str | None,
-                 out: str, work: str, llm_url: str | None, offline: bool) -> None:
-    """Label the training users as their devices would (the runtime's labeller)."""
+                 shard: tuple[int, int] | None, llm_name: str | None, budget: int, workers: int,
+                 max_requests: int | None, model: str | None, out: str, work: str,
+                 llm_url: str | None, offline: str | None) -> None:
+    """Label the training users as their devices would (the runtime's labeller): all of them,
+    or one shard."""
     from hydrahead.export.make import ensure_bundle
     from hydrahead.offline import llm_endpoint
     from hydrahead.runtime.llm.config import LLMConfig
@@ -83,8 +112,10 @@ def train_labels(obj: Context, data: str, task_name: str, split: str, users: int
         dataset = build_dataset(
             data, task_name, out, bundle=obj.bundle_dir, work=work,
             llm=LLMConfig.from_env(base_url=url, model=model), simulated=simulated,
-            split=split, users=users, run=LabelRun(budget=budget), workers=workers,
-            max_requests=max_requests)
+            split=split, users=users, shard=shard,
+            llm_name=llm_name or (f"offline simulator {offline}" if offline and offline != "default"
+                                  else None),
+            run=LabelRun(budget=budget), workers=workers, max_requests=max_requests)
     click.echo(json.dumps(dataset.meta, indent=1))
     echo_err(f"wrote {out}")
 
@@ -96,16 +127,51 @@ def _train_options(fn):
     return fn
 
 
+@train.command("merge")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+def train_merge(out: str, inputs: tuple[str, ...], overwrite: bool) -> None:
+    """Merge label datasets into OUT: the shards of one run (giving exactly the unsharded
+    run's dataset), or other tasks and LLMs (each user keeps its source)."""
+    from pathlib import Path
+
+    from hydrahead.train.labels import save_dataset
+    from hydrahead.train.merge import merge_datasets
+
+    target = Path(out).resolve()
+    if any(Path(i).resolve() == target for i in inputs):
+        raise click.BadParameter(f"{out} is also an input; write the merge elsewhere",
+                                 param_hint="OUT")
+    if target.exists() and not overwrite:
+        raise click.BadParameter(f"{out} exists (the order is OUT then the inputs); pass "
+                                 "--overwrite to replace it", param_hint="OUT")
+    merged = merge_datasets(inputs)
+    save_dataset(out, merged)
+    for i, source in enumerate(merged.sources):
+        click.echo(f"{source['task']} labelled by {source['llm']}: "
+                   f"{int((merged.user_source == i).sum())} users from "
+                   f"{len(source['runs'])} run(s)")
+    echo_err(f"wrote {out}: {len(merged.users)} users, "
+             + ", ".join(f"{len(merged.pairs[r])} {r} groups" for r in merged.pairs))
+
+
 @train.command("fit")
-@click.argument("labels", type=click.Path(exists=True, dir_okay=False))
+@click.argument("labels", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--roles", default="reranker,adapter", show_default=True)
 @_train_options
-def train_fit(labels: str, out: str, roles: str, **settings: Any) -> None:
-    """Train the bases (one process; under torchrun use -m hydrahead.train.trainer)."""
+def train_fit(labels: tuple[str, ...], out: str, roles: str, **settings: Any) -> None:
+    """Train the bases on one label dataset, or several merged (one process; under torchrun
+    use -m hydrahead.train.trainer)."""
     from hydrahead.train.trainer import train as run_training
 
-    report = run_training(labels, out, TrainSettings(**settings), roles=roles.split(","))
+    report = run_training(labels[0] if len(labels) == 1 else list(labels), out,
+                          TrainSettings(**settings), roles=roles.split(","))
+    if len(report["sources"]) > 1:
+        for source in report["sources"]:
+            click.echo(f"source: {source['task']} labelled by {source['llm']}, "
+                       f"{source['users']} users")
     for role, r in report["roles"].items():
         best = min(e["val_loss"] for e in r["joint"])
         click.echo(f"{role}: {r['groups']} groups of {r['users']} users, joint val loss "

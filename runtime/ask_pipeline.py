@@ -34,6 +34,7 @@ from .adapter_features import (
 from .candidate_cache import CandidateCache
 from .encoder import Encoder
 from .errors import InvalidInputError, LLMResponseError
+from .heads import Head
 from .labeling import query_seed
 from .llm.client import LLMClient
 from .records import Hit, Record
@@ -115,7 +116,8 @@ class AskPipeline:
 
     # ------------------------------------------------------------------ the two heads' scores
     def rerank_scores(self, query: str, query_vec: np.ndarray, records: Sequence[Record],
-                      item_vecs: np.ndarray, cosines: np.ndarray) -> np.ndarray:
+                      item_vecs: np.ndarray, cosines: np.ndarray, *,
+                      head: Head | None = None) -> np.ndarray:
         """Reranker scores (shared base + the user's head) of retrieved records for a query.
 
         Args:
@@ -124,11 +126,12 @@ class AskPipeline:
             records: The retrieved records (the local corpus of the reranker's features).
             item_vecs: Their embeddings.
             cosines: Their cosine similarity to the query.
+            head: Score with this reranker head instead of the one the user's pipeline reads.
         """
         X = reranker_features.reranker_features(self.task, query, records, cosines)
         texts = [self.task.example_text(r) for r in records]
         H = self.heads.featurizers["reranker"].hidden_of(query, query_vec, texts, item_vecs, X)
-        return self.heads["reranker"].scores(H)
+        return (head or self.heads["reranker"]).scores(H)
 
     def adapter_scores(self, query: str, query_vec: np.ndarray, texts: Sequence[str],
                        cand_vecs: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -147,18 +150,23 @@ class AskPipeline:
         return self.heads["adapter"].scores(H)
 
     # ------------------------------------------------------------------ before the LLM
-    def rerank(self, query: str, query_vec: np.ndarray | None = None) -> list[RankedItem]:
-        """Retrieve ``k`` records and return the top ``m`` by the reranker, best first."""
+    def rerank(self, query: str, query_vec: np.ndarray | None = None, *,
+               head: Head | None = None) -> list[RankedItem]:
+        """Retrieve ``k`` records and return the top ``m`` by the reranker, best first (none
+        where the user's last fit found that records hurt: :meth:`UserHeads.prompt_records`);
+        ``head`` ranks with that reranker head instead of the one the pipeline reads."""
         qvec = self.encoder.encode_one(query) if query_vec is None else query_vec
-        return self._rerank(query, qvec, self.store.search(qvec, k=self.settings.k))
+        return self._rerank(query, qvec, self.store.search(qvec, k=self.settings.k), head)
 
-    def _rerank(self, query: str, qvec: np.ndarray, hits: Sequence[Hit]) -> list[RankedItem]:
-        if not hits:
+    def _rerank(self, query: str, qvec: np.ndarray, hits: Sequence[Hit],
+                head: Head | None = None) -> list[RankedItem]:
+        m = self.heads.prompt_records(self.settings.m)  # 0 where records hurt this user's LLM
+        if not hits or m == 0:
             return []
         scores = self.rerank_scores(
             query, qvec, [h.record for h in hits], np.stack([h.vector for h in hits]),
-            np.array([h.score for h in hits]))
-        order = np.argsort(-scores, kind="stable")[: self.settings.m]
+            np.array([h.score for h in hits]), head=head)
+        order = np.argsort(-scores, kind="stable")[:m]
         return [RankedItem(hits[i].record, float(hits[i].score), float(scores[i])) for i in order]
 
     def prepare(self, query: str) -> Prepared:

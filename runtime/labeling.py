@@ -33,7 +33,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -238,6 +238,11 @@ class Labeler:
         self._reranker_queries = (asked + self._latest(n_reranker))[:n_reranker]
         self._adapter_queries = (asked + self._latest(n_adapter))[:n_adapter]
         self._counter = _Counter()
+        # Output quality of the samples per labelling query (keyed by _key): with no record in
+        # the prompt (the graded reranker labels' baseline) and with the reranked m records (the
+        # adapter labels' prompt). Where a query has both, they say whether records help.
+        self._quality_without: dict[str, float] = {}
+        self._quality_with: dict[str, float] = {}
 
     # ------------------------------------------------------------------ history
     def _load_history(self) -> None:
@@ -353,6 +358,7 @@ class Labeler:
                                                                             q.gold)]))
                 continue
             without = self._quality(outs[0], q.gold)
+            self._quality_without[_key(q)] = without
             found.append((q, picked, [self._quality(o, q.gold) - without for o in outs[1:]]))
         if self.reranker_rule == "graded":
             top = max((abs(d) for _, _, ds in found for d in ds), default=0.0)
@@ -374,15 +380,8 @@ class Labeler:
         planned = []
         requests: list[_Request] = []
         for q in self._adapter_queries:
-            scores = rerank(q.text, q.vector, [self.records[j] for j in q.hits],
-                            self.vectors[q.hits], q.scores)
-            top = np.argsort(-scores, kind="stable")[: self.settings.m]
-            prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]] for j in top])
-            shown = [q.hits[j] for j in top]
-            if self.settings.greedy:
-                requests.append(_Request(prompt, q, shown, n=1, temperature=0.0))
-            requests.append(_Request(prompt, q, shown, n=self.settings.n,
-                                     temperature=self.settings.temperature))
+            top, asked = self._ask_requests(q, rerank)
+            requests += asked
             planned.append((q, top))
         # Whatever the reranker labels did not spend (it may have overspent its plan on a server
         # that ignores n, or spent nothing when the cache answered).
@@ -395,6 +394,7 @@ class Labeler:
             if greedy_texts is None or samples is None:
                 continue  # the budget ran out before this query was answered
             greedy = (greedy_texts or [None])[0]
+            self._quality_with[_key(q)] = self._quality(samples, q.gold)
             candidates = distinct_candidates(greedy, samples)
             targets = self._candidate_targets(candidates, q.gold)
             if not candidates or targets is None:
@@ -419,12 +419,74 @@ class Labeler:
                       query_text=q.text, query_id=q.id, item_texts=cands)
         return pairs
 
+    def _ask_requests(self, q: _Query, rerank: RerankFn) -> tuple[np.ndarray, list[_Request]]:
+        """What ``ask()`` would send for ``q`` with this reranker: the top ``m`` (positions in
+        ``q.hits``) and the requests (the greedy answer if asked for, then ``n`` samples)."""
+        scores = rerank(q.text, q.vector, [self.records[j] for j in q.hits],
+                        self.vectors[q.hits], q.scores)
+        top = np.argsort(-scores, kind="stable")[: self.settings.m]
+        prompt = self.task.render_prompt(q.text, [self.records[q.hits[j]] for j in top])
+        shown = [q.hits[j] for j in top]
+        requests = [_Request(prompt, q, shown, n=1, temperature=0.0)] if self.settings.greedy \
+            else []
+        requests.append(_Request(prompt, q, shown, n=self.settings.n,
+                                 temperature=self.settings.temperature))
+        return top, requests
+
+    def compare_rerankers(self, rerankers: Mapping[str, RerankFn],
+                          query_ids: Sequence[str]) -> dict[str, list[float]]:
+        """End to end, on the labelling queries of these record ids: the quality of what the
+        LLM answers (the greedy answer and the samples) to the prompt each reranker builds, as
+        ``ask()`` would send it. One list per reranker, in ``query_ids`` order; a query the
+        budget could not pay for is left out of every list.
+
+        Rerankers that build the same prompt share its requests, and the requests are the
+        adapter labels' own (same prompt, same seed): the prompt of the reranker the adapter is
+        then labelled with comes from the response cache.
+        """
+        by_id = {q.id: q for q in self._reranker_queries + self._adapter_queries}
+        queries = [by_id[i] for i in query_ids if i in by_id]
+        requests: list[_Request] = []
+        plan: list[tuple[_Query, dict[str, slice]]] = []
+        for q in queries:
+            spans: dict[str, slice] = {}
+            by_prompt: dict[str, slice] = {}
+            for name, rerank in rerankers.items():
+                asked = self._ask_requests(q, rerank)[1]
+                if asked[0].prompt not in by_prompt:
+                    by_prompt[asked[0].prompt] = slice(len(requests), len(requests) + len(asked))
+                    requests += asked
+                spans[name] = by_prompt[asked[0].prompt]
+            plan.append((q, spans))
+        results = self._ask_all(requests, RequestBudget(max(0, self.budget - self._counter.sent)),
+                                "reranker check")
+        out: dict[str, list[float]] = {name: [] for name in rerankers}
+        for q, spans in plan:
+            answers = {name: results[span] for name, span in spans.items()}
+            if any(a is None for texts in answers.values() for a in texts):
+                continue
+            for name, texts in answers.items():
+                out[name].append(self._quality([t for a in texts for t in (a or [])], q.gold))
+        return out
+
     def _candidate_targets(self, candidates: Sequence[str], gold: str) -> list[float] | None:
         scores = output_scores(self.task, candidates, gold)
         if self.task.kind != "generation":
             return scores
         best = max(scores, default=0.0)
         return [s / best for s in scores] if best > 0 else None
+
+    def prompt_quality(self) -> list[tuple[float, float]]:
+        """``(without records, with the reranked m records)``: the mean quality of the LLM's
+        samples for each labelling query that was asked both ways, most recent first.
+
+        Both come from requests the labels needed anyway (the graded rule's no-record baseline
+        and the adapter's prompt), so this evidence costs no extra request. Empty with the
+        binary rule, or before both phases ran.
+        """
+        return [(self._quality_without[k], self._quality_with[k])
+                for k in (_key(q) for q in self._adapter_queries)
+                if k in self._quality_without and k in self._quality_with]
 
     # ------------------------------------------------------------------ summary
     @property
@@ -439,6 +501,11 @@ class Labeler:
         c = self._counter
         return LabelSet(reranker, adapter, self.queries_used, c.calls, c.cached, c.simulated,
                         c.sent, c.prompt_tokens, c.completion_tokens)
+
+
+def _key(query: _Query) -> str:
+    """What identifies a labelling query across the two phases."""
+    return f"id:{query.id}" if query.id is not None else f"text:{query.text}"
 
 
 def _spread(n: int, count: int, rng: np.random.Generator) -> list[int]:

@@ -25,7 +25,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from .tasks import Task, get_task
 from .user_files import UserFiles
 from .user_heads import MAX_FEEDBACK, ROLES, UserHeads
 from .users import remove_store_directory
+from .validation import Choices
 
 __all__ = ["MAX_FEEDBACK", "ROLES", "Answer", "Candidate", "FitSummary", "Personalizer",
            "Prepared", "RankedItem"]
@@ -61,12 +62,23 @@ RECENT_ANSWERS = 64
 
 @dataclass
 class FitSummary:
-    """What ``fit()`` did."""
+    """What ``fit()`` did.
+
+    Attributes:
+        labels: The labels and what they cost.
+        reports: Each role's fit (``None``: nothing to learn).
+        head_bytes: Each role's head size in memory.
+        seconds: Wall time.
+        choices: What the held-out check decided: which roles' fitted heads answer (and on
+            what evidence), and whether prompts carry records
+            (:class:`~hydrahead.runtime.validation.Choices`).
+    """
 
     labels: LabelSet
     reports: dict[str, FitReport | None]
     head_bytes: dict[str, int]
     seconds: float
+    choices: Choices = field(default_factory=Choices)
 
 
 class Personalizer:
@@ -297,7 +309,7 @@ class Personalizer:
             labeler, rerank=self.pipeline.rerank_scores, embed=self.encoder.encode,
             meta={"budget": budget, "task": self.task.name})
         return FitSummary(labels, reports, {r: self.heads[r].nbytes for r in ROLES},
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, self.heads.choices)
 
     def feedback(self, query: str, answer: str) -> None:
         """Learn from the answer the user accepted or wrote, without calling the LLM.

@@ -13,6 +13,7 @@ holds::
     heads/<role>.npz     the user's fitted heads (reranker, adapter)
     heads/labels.npz     the labels of the last fit
     heads/feedback.npz   the user's feedback pairs
+    heads/choices.json   what the last fit decided (which heads answer, records per prompt)
 
 Every module that reads or writes one of these takes its name from here.
 :data:`PRIVATE_TEXT_FILES` names the files *beside* the store's own (SQLite and the index)
@@ -45,6 +46,8 @@ LABELS_FILE = f"{HEADS_DIR}/labels.npz"
 """The labels the user's heads were fitted on."""
 FEEDBACK_FILE = f"{HEADS_DIR}/feedback.npz"
 """The user's feedback (labelled pairs), used by every fit."""
+CHOICES_FILE = f"{HEADS_DIR}/choices.json"
+"""What the last fit decided on held-out recent records (numbers only, no history text)."""
 
 PRIVATE_TEXT_FILES = (LABELS_FILE, FEEDBACK_FILE, CACHE_FILE, OUTBOX_FILE)
 """Files beside SQLite and the index that hold history text, which deletion erases."""
@@ -107,6 +110,10 @@ class UserFiles:
     @property
     def feedback(self) -> Path:
         return self.directory / FEEDBACK_FILE
+
+    @property
+    def choices(self) -> Path:
+        return self.directory / CHOICES_FILE
 
     def head(self, role: str) -> Path:
         """The file of the user's head for ``role``."""

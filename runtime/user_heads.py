@@ -9,14 +9,17 @@ request; without stored labels the role answers with the base head until the nex
 
 Fitting takes labels from the :class:`~hydrahead.runtime.labeling.Labeler` (LLM calls) plus
 the user's stored feedback (``heads/feedback.npz``, the newest :data:`MAX_FEEDBACK` groups per
-head), and keeps the labels for later refits.
+head), and keeps the labels for later refits. Each fitted head is checked against the base head
+on the user's most recent label groups, held out from fitting, and answers only where it wins
+(:mod:`hydrahead.runtime.validation`; the decisions are kept in ``heads/choices.json``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from .paths import make_private_dir
 from .settings import Settings
 from .store import HistoryStore
 from .user_files import UserFiles
+from .validation import Choices, RoleCheck, check_answers, check_prompt, check_role, holdout
 
 logger = logging.getLogger("hydrahead")
 
@@ -63,6 +67,9 @@ class UserHeads(Mapping[str, Head]):
         refitted: Roles refitted at open because their base changed (role -> fit report).
         stale: Roles whose base changed with no stored labels to refit from (they answer with
             the base head until :meth:`fit`).
+        choices: What the last fit decided on held-out recent records: which roles' own heads
+            answer, and whether prompts carry records
+            (:class:`~hydrahead.runtime.validation.Choices`).
     """
 
     def __init__(self, store: HistoryStore, bundle: Bundle, *, settings: Settings,
@@ -78,6 +85,7 @@ class UserHeads(Mapping[str, Head]):
         self.directory = make_private_dir(self.files.heads)
         self.refitted: dict[str, FitReport | None] = {}
         self.stale: list[str] = []
+        self.choices = Choices.load(self.files.choices)
         self._heads = {role: self._load(role) for role in ROLES}
         self._fitted: frozenset[str] = frozenset(ROLES)  # roles answering with the user's head
         if self.refitted:
@@ -85,7 +93,22 @@ class UserHeads(Mapping[str, Head]):
 
     # ------------------------------------------------------------------ Mapping
     def __getitem__(self, role: str) -> Head:
-        return self._heads[role] if role in self._fitted else self.base[role]
+        if role in self._fitted and self.choices.used(role):
+            return self._heads[role]
+        return self.base[role]
+
+    def own(self, role: str) -> Head:
+        """The user's own head for ``role``, whether or not it answers (the base head's copy
+        for a role never fitted)."""
+        return self._heads[role]
+
+    def prompt_records(self, m: int) -> int:
+        """Records the user's prompts carry: ``m``, or 0 where the last fit found that this
+        LLM does better without this user's records. The choice belongs to the reranker role
+        (it decides what goes into the prompt), so ``using()`` without it sends ``m``."""
+        if "reranker" in self._fitted and self.choices.prompt.records == 0:
+            return 0
+        return m
 
     def __iter__(self) -> Iterator[str]:
         return iter(ROLES)
@@ -119,46 +142,80 @@ class UserHeads(Mapping[str, Head]):
         return sum(p.stat().st_size for p in paths if p.exists())
 
     # ------------------------------------------------------------------ fitting
-    def fit_role(self, role: str, pairs: PairSet, *, init: Head,
+    def fit_role(self, role: str, pairs: PairSet, *, init: Head, holdout_labels: int = 0,
+                 check: Callable[[Head, list[int]], RoleCheck] | None = None,
                  **fit_options: Any) -> FitReport | None:
         """Fit one head and save it: the reranker pointwise (HYDRA's loss), the adapter
         listwise over each query's candidates (it picks one per query; see :func:`fit_head`).
 
+        Args:
+            role: ``"reranker"`` or ``"adapter"``.
+            pairs: The labelled groups: LLM labels first (newest record first), then any
+                feedback.
+            init: Where fitting starts.
+            holdout_labels: How many of the first groups are LLM labels to validate on
+                (:func:`~hydrahead.runtime.validation.holdout`): the head fitted on the rest
+                is checked against the base head on the held-out newest ones; if it wins, the
+                user's head is fitted again on every group and answers, else the base head
+                answers. 0 (a feedback step): nothing is held out and the head answers.
+            check: Decides the check from the held-out-fitted head and the held-out group
+                indices (default: :func:`~hydrahead.runtime.validation.check_role` on their
+                labels).
+            **fit_options: Passed to :func:`fit_head`.
+
         Returns:
             The fit's report, or ``None`` when the pairs have nothing to learn from (one class
-            only; no query preferring one candidate over another): the head is then unchanged.
+            only; no query preferring one candidate over another): the head is then unchanged,
+            and after a validated fit the base head answers.
         """
+        train, held = holdout(pairs, holdout_labels) if holdout_labels else (
+            list(range(len(pairs))), [])
+        if not _learnable(role, [pairs.labels[g] for g in train]):
+            if holdout_labels:
+                self.choices.roles[role] = RoleCheck(False, "nothing to learn from the labels")
+            return None
         listwise = LISTWISE[role]
-        if listwise and not any(np.ptp(y) > 0 for y in pairs.labels):
-            return None
-        if not listwise and (pairs.n_positive == 0 or pairs.n_negative == 0):
-            return None
         featurizer = self.featurizers[role]
-        H = np.concatenate([
-            featurizer.hidden_of(qt, q, ts, D, _features(f, len(D))) for qt, q, ts, D, f in zip(
-                pairs.query_texts, pairs.queries, pairs.item_texts, pairs.docs, pairs.features)
-        ])
-        y = np.concatenate(pairs.labels)
-        groups = np.repeat(np.arange(len(pairs.labels)), [len(v) for v in pairs.labels])
-        head, report = fit_head(
-            H, y, init=init, prior=self.base[role], seed=self.settings.seed,
-            groups=groups if listwise else None, **fit_options
-        )
+        hidden = [featurizer.hidden_of(qt, q, ts, D, _features(f, len(D))) for qt, q, ts, D, f
+                  in zip(pairs.query_texts, pairs.queries, pairs.item_texts, pairs.docs,
+                         pairs.features)]
+
+        def fit_on(groups: Sequence[int]) -> tuple[Head, FitReport]:
+            ids = np.repeat(np.arange(len(groups)), [len(pairs.labels[g]) for g in groups])
+            return fit_head(np.concatenate([hidden[g] for g in groups]),
+                            np.concatenate([pairs.labels[g] for g in groups]), init=init,
+                            prior=self.base[role], seed=self.settings.seed,
+                            groups=ids if listwise else None, **fit_options)
+
+        head, report = fit_on(train)
+        if holdout_labels:
+            verdict = (check(head, held) if check is not None and held else check_role(
+                self.base[role], head, [hidden[g] for g in held],
+                [pairs.labels[g] for g in held], listwise=listwise))
+            if verdict.used:  # checked: the user's head learns from the newest groups too
+                head, report = fit_on(range(len(pairs)))
+        else:
+            verdict = RoleCheck(True, "fitted on every group, none held out")
+        self.choices.roles[role] = verdict
         self._heads[role] = head
         self._fitted |= {role}
         head.save(self.files.head(role), base_fingerprint=featurizer.fingerprint, role=role)
         return report
 
-    def fit(self, labeler: Labeler, *, rerank: RerankFn, embed: EmbedFn,
+    def fit(self, labeler: Labeler, *, rerank: Callable[..., np.ndarray], embed: EmbedFn,
             meta: Mapping[str, Any]) -> tuple[dict[str, FitReport | None], LabelSet]:
         """Fit both heads from new LLM labels plus the stored feedback, and keep the labels.
 
-        The reranker is labelled and fitted first; the adapter is then labelled on the prompts
-        the fitted reranker builds (``rerank`` reads these heads), as ``ask()`` will.
+        The reranker is labelled, fitted on all but the newest records' groups and checked on
+        those, end to end (:mod:`hydrahead.runtime.validation`); the adapter is then labelled
+        on the prompts the reranker that passed (or the base) builds, as ``ask()`` will send
+        them, fitted and checked likewise; and the labels say whether records in the prompt
+        help this LLM at all.
 
         Args:
             labeler: Makes the labels (its budget bounds the LLM requests).
-            rerank: Reranker scores, as the ask pipeline computes them.
+            rerank: Reranker scores, as the ask pipeline computes them (a ``RerankFn`` that
+                also takes ``head=`` to score with a given head).
             embed: Embeds candidate texts.
             meta: Kept in the labels file (e.g. budget, task), with the LLM calls made.
 
@@ -166,13 +223,26 @@ class UserHeads(Mapping[str, Head]):
             Each role's fit report, and what the labelling produced and cost.
         """
         feedback = self.stored_feedback()
+        self.choices = Choices()
         reports: dict[str, FitReport | None] = {}
         reranker = labeler.reranker_labels()
-        reports["reranker"] = self.fit_role(
-            "reranker", _with(reranker, feedback.get("reranker")), init=self.base["reranker"])
-        adapter = labeler.adapter_labels(rerank, embed)
+        pairs = _with(reranker, feedback.get("reranker"))
+
+        def end_to_end(head: Head, held: list[int]) -> RoleCheck:  # asks the LLM
+            answers = labeler.compare_rerankers(
+                {"base": partial(rerank, head=self.base["reranker"]),
+                 "fitted": partial(rerank, head=head)},
+                [str(pairs.query_ids[g]) for g in held])
+            return check_answers(answers["base"], answers["fitted"])
+
+        reports["reranker"] = self.fit_role("reranker", pairs, init=self.base["reranker"],
+                                            holdout_labels=len(reranker), check=end_to_end)
+        adapter = labeler.adapter_labels(rerank, embed)  # on the prompts ask() will send
         reports["adapter"] = self.fit_role(
-            "adapter", _with(adapter, feedback.get("adapter")), init=self.base["adapter"])
+            "adapter", _with(adapter, feedback.get("adapter")), init=self.base["adapter"],
+            holdout_labels=len(adapter))
+        self.choices.prompt = check_prompt(labeler.prompt_quality())
+        self.choices.save(self.files.choices)
         self.stale = []
         summary = labeler.summary(reranker, adapter)
         save_labels(self.files.labels, {"reranker": reranker, "adapter": adapter},
@@ -185,6 +255,7 @@ class UserHeads(Mapping[str, Head]):
         for role, role_pairs in pairs.items():
             if len(role_pairs):
                 self.fit_role(role, role_pairs, init=self[role], epochs=5, lr=1e-3)
+        self.choices.save(self.files.choices)  # the roles the user taught now answer
         append_labels(self.files.feedback, dict(pairs), {"task": task_name}, limit=MAX_FEEDBACK)
 
     # ------------------------------------------------------------------ stored labels
@@ -221,9 +292,10 @@ class UserHeads(Mapping[str, Head]):
         reports = {}
         for role in roles:
             self._heads[role] = self.base[role].copy()
-            reports[role] = self.fit_role(role, _with(labels.get(role, PairSet()),
-                                                      feedback.get(role)),
-                                          init=self.base[role])
+            stored = labels.get(role, PairSet())
+            reports[role] = self.fit_role(role, _with(stored, feedback.get(role)),
+                                          init=self.base[role], holdout_labels=len(stored))
+        self.choices.save(self.files.choices)
         return reports
 
     # ------------------------------------------------------------------ internals
@@ -271,6 +343,15 @@ class UserHeads(Mapping[str, Head]):
                 return None
             return self.store.vectors(list(ids))
         return self.candidates.vectors(texts)  # LLM candidates
+
+
+def _learnable(role: str, labels: Sequence[np.ndarray]) -> bool:
+    """Whether label groups can teach a head anything: listwise, a group whose candidates
+    differ; pointwise, pairs of both sides of 0.5."""
+    if LISTWISE[role]:
+        return any(np.ptp(y) > 0 for y in labels)
+    flat = np.concatenate(labels) if labels else np.zeros(0)
+    return bool((flat > 0.5).any() and (flat < 0.5).any())
 
 
 def _features(features: np.ndarray | None, n: int) -> np.ndarray:

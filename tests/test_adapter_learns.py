@@ -10,6 +10,11 @@ pick it.
 
 The test checks its own power: the same candidates picked by the LLM's vote share, and an
 adapter fitted on inverted labels, both stay far below the fitted adapter.
+
+Fitting with the held-out check (:mod:`hydrahead.runtime.validation`) keeps the adapter that
+learned the user's tag, and refuses one fitted on labels inverted everywhere but on the held-out
+newest records (a user whose older records point the wrong way): the pipeline then answers
+exactly as the unfitted one did.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from hydrahead.runtime.encoder import Encoder
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.labeling import Labeler
 from hydrahead.runtime.pairs import PairSet
+from hydrahead.runtime.validation import holdout
 from hydrahead.runtime.llm.config import LLMConfig
 from hydrahead.offline.server import OfflineLLMServer
 from hydrahead.offline.simulator import SimulatedLLM, SimulatorParams
@@ -47,7 +53,9 @@ def outcomes(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     bundle = Bundle.open(bundle_dir)
     encoder = Encoder(bundle)
     stubborn = SimulatedLLM(SimulatorParams(example_weight=0.5))
-    picks: dict[str, list[str]] = {"base": [], "fitted": [], "vote": [], "inverted": []}
+    picks: dict[str, list[str]] = {"base": [], "fitted": [], "vote": [], "inverted": [],
+                                   "checked": [], "checked-inverted": []}
+    used: dict[str, list[bool]] = {"checked": [], "checked-inverted": []}
     golds: list[str] = []
     with OfflineLLMServer(simulator=stubborn) as server:
         for seed in SEEDS:
@@ -68,10 +76,27 @@ def outcomes(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
                 picks["fitted"] += [a.answer for a in answers]
                 picks["vote"] += [max(a.candidates, key=lambda c: c.features["llm_vote"]).answer
                                   for a in answers]
-                pairs.labels = [1.0 - y for y in pairs.labels]  # the labels, inverted
+                true_labels = list(pairs.labels)
+                pairs.labels = [1.0 - y for y in true_labels]  # the labels, inverted
                 _fit_adapter(p, pairs)
                 picks["inverted"] += [p.ask(q["text"]).answer for q in asked]
-    return {name: _accuracy(answers, golds) for name, answers in picks.items()}
+
+                pairs.labels = true_labels  # fitted on the older groups, checked on the newest
+                p.heads.fit_role("adapter", pairs, init=p.heads.base["adapter"],
+                                 holdout_labels=len(pairs))
+                used["checked"].append(p.heads.choices.used("adapter"))
+                picks["checked"] += [p.ask(q["text"]).answer for q in asked]
+                held = set(holdout(pairs, len(pairs))[1])
+                assert held, "too few groups to hold any out"
+                pairs.labels = [y if g in held else 1.0 - y for g, y in enumerate(true_labels)]
+                p.heads.fit_role("adapter", pairs, init=p.heads.base["adapter"],
+                                 holdout_labels=len(pairs))
+                used["checked-inverted"].append(p.heads.choices.used("adapter"))
+                picks["checked-inverted"] += [p.ask(q["text"]).answer for q in asked]
+    out = {name: _accuracy(answers, golds) for name, answers in picks.items()}
+    out.update({f"used {name}": float(np.mean(flags)) for name, flags in used.items()})
+    out["checked-inverted == base"] = float(picks["checked-inverted"] == picks["base"])
+    return out
 
 
 def test_the_unfitted_pipeline_mostly_answers_the_llms_first_choice(
@@ -82,6 +107,17 @@ def test_the_unfitted_pipeline_mostly_answers_the_llms_first_choice(
 def test_the_fitted_adapter_learns_the_users_tag(outcomes: dict[str, float]) -> None:
     assert outcomes["fitted"] >= 0.75
     assert outcomes["fitted"] >= outcomes["base"] + 0.3
+
+
+def test_the_held_out_check_keeps_the_learned_adapter(outcomes: dict[str, float]) -> None:
+    assert outcomes["used checked"] >= 0.8
+    assert outcomes["checked"] >= outcomes["base"] + 0.25
+
+
+def test_the_held_out_check_refuses_an_adapter_that_would_hurt(
+        outcomes: dict[str, float]) -> None:
+    assert outcomes["used checked-inverted"] == 0.0
+    assert outcomes["checked-inverted == base"] == 1.0  # the unfitted pipeline's answers
 
 
 def test_the_check_has_power(outcomes: dict[str, float]) -> None:

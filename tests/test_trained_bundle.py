@@ -39,6 +39,11 @@ def _other_adapter_base(dim: int) -> PairBase:
     return PairBase.untrained(dim=dim, hidden=64, seed=5, features=GAINS["adapter"], gain=0.5)
 
 
+def _other_reranker_base(dim: int) -> PairBase:
+    """A different reranker base, likewise."""
+    return PairBase.untrained(dim=dim, hidden=64, seed=5, features=GAINS["reranker"], gain=0.5)
+
+
 def _open(root: Path, bundle: Path, url: str) -> Personalizer:
     return Personalizer.open("alice", bundle=bundle, task="GIT_area", root=root,
                              llm=LLMConfig.from_env(base_url=url))
@@ -49,30 +54,33 @@ def test_a_changed_base_refits_its_heads_from_stored_labels_with_no_request(
     with OfflineLLMServer() as server:
         with _open(tmp_path, bundle_copy, server.url) as p:
             import_records(p.store, p.task, make_user(0)["history"])
-            p.fit(budget=40, progress=False)
-            before = {r: p.heads[r].params for r in ("reranker", "adapter")}
+            s = p.fit(budget=40, progress=False)
+            # this user's adapter labels teach nothing (every candidate set is right), so the
+            # reranker is the role with a head to refit
+            assert s.reports["adapter"] is None and s.reports["reranker"] is not None
+            before = {r: p.heads.own(r).params for r in ("reranker", "adapter")}
         sent = len(server.captured)
 
-        bundle = write_base(bundle_copy, "adapter", _other_adapter_base(384),
+        bundle = write_base(bundle_copy, "reranker", _other_reranker_base(384),
                             training={"data": "test"})
-        assert bundle.model("adapter")["trained"] is True
-        assert bundle.model("adapter")["parity"]["fp32"]["max_hidden_error"] < 1e-4
+        assert bundle.model("reranker")["trained"] is True
+        assert bundle.model("reranker")["parity"]["fp32"]["max_hidden_error"] < 1e-4
         with _open(tmp_path, bundle_copy, server.url) as p:
-            assert list(p.heads.refitted) == ["adapter"]  # the reranker base did not change
-            assert p.heads.refitted["adapter"] is not None
-            for name, value in before["reranker"].items():
-                np.testing.assert_array_equal(p.heads["reranker"].params[name], value)
-            assert any(not np.array_equal(p.heads["adapter"].params[k], v)
-                       for k, v in before["adapter"].items())
-            assert isinstance(p.heads.featurizers["adapter"], OnnxFastBase)
+            assert list(p.heads.refitted) == ["reranker"]  # the adapter base did not change
+            assert p.heads.refitted["reranker"] is not None
+            for name, value in before["adapter"].items():
+                np.testing.assert_array_equal(p.heads.own("adapter").params[name], value)
+            assert any(not np.array_equal(p.heads.own("reranker").params[k], v)
+                       for k, v in before["reranker"].items())
+            assert isinstance(p.heads.featurizers["reranker"], OnnxFastBase)
             assert p.ask(make_user(0)["queries"][0]["query"]).answer is not None
         assert len(server.captured) == sent + 2  # the ask only: the refit sent nothing
 
         with _open(tmp_path, bundle_copy, server.url) as p:  # refitted heads are kept
             assert p.heads.refitted == {}
-        stamp = np.load(tmp_path / "users" / "alice" / "heads" / "adapter.npz")
+        stamp = np.load(tmp_path / "users" / "alice" / "heads" / "reranker.npz")
         assert str(stamp["base_fingerprint"]) == base_fingerprint(Bundle.open(bundle_copy),
-                                                                  "adapter")
+                                                                  "reranker")
 
 
 def test_a_changed_base_without_stored_labels_opens_with_base_heads_until_a_fit(bundle_copy: Path,
@@ -82,14 +90,14 @@ def test_a_changed_base_without_stored_labels_opens_with_base_heads_until_a_fit(
             import_records(p.store, p.task, make_user(0)["history"])
             p.fit(budget=40, progress=False)
         (tmp_path / "users" / "alice" / "heads" / "labels.npz").unlink()
-        write_base(bundle_copy, "adapter", _other_adapter_base(384))
+        write_base(bundle_copy, "reranker", _other_reranker_base(384))
         with _open(tmp_path, bundle_copy, server.url) as p:  # never stranded: base heads
-            assert p.heads.stale == ["adapter"] and p.heads.refitted == {}
-            assert p.heads["adapter"].params.keys() == p.heads.base["adapter"].params.keys()
-            for k, v in p.heads.base["adapter"].params.items():
-                np.testing.assert_array_equal(p.heads["adapter"].params[k], v)
+            assert p.heads.stale == ["reranker"] and p.heads.refitted == {}
+            assert p.heads.own("reranker").params.keys() == p.heads.base["reranker"].params.keys()
+            for k, v in p.heads.base["reranker"].params.items():
+                np.testing.assert_array_equal(p.heads.own("reranker").params[k], v)
             with pytest.raises(HeadError, match="hydrahead fit"):
-                p.refit_from_labels(["adapter"])
+                p.refit_from_labels(["reranker"])
             sent = len(server.captured)
             p.fit(budget=40, progress=False)
             assert len(server.captured) == sent  # the response cache answered every request

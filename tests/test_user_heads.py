@@ -28,30 +28,49 @@ def test_using_swaps_heads_for_a_block_and_restores_them(tmp_path: Path, bundle_
             llm=LLMConfig.from_env(base_url=server.url)) as p:
         import_records(p.store, p.task, user["history"])
         assert p.heads.file_bytes() == 0  # nothing fitted yet
-        p.fit(budget=40, progress=False)
-        fitted = {r: p.heads[r] for r in p.heads}
-        assert not _same(fitted["adapter"], p.heads.base["adapter"])
-        on_disk = sum((tmp_path / "users" / "alice" / "heads" / f"{r}.npz").stat().st_size
-                      for r in ("reranker", "adapter"))
+        s = p.fit(budget=40, progress=False)
+        # fitted on every group (nothing held out, no check): the user's head answers
+        p.heads.fit_role("reranker", s.labels.reranker, init=p.heads.base["reranker"])
+        assert p.heads.choices.used("reranker")
+        fitted = p.heads["reranker"]
+        assert not _same(fitted, p.heads.base["reranker"])
+        on_disk = sum(f.stat().st_size for f in (tmp_path / "users" / "alice" / "heads").glob(
+            "*.npz") if f.stem in ("reranker", "adapter"))
         assert p.heads.file_bytes() == on_disk > 0
 
         query = user["queries"][0]["query"]
-        fitted_answer = p.ask(query)
         with p.heads.using(fitted=()):
             assert all(p.heads[r] is p.heads.base[r] for r in p.heads)
-            base_answer = p.ask(query)
-            with p.heads.using(fitted=("adapter",)):  # nested: the inner choice wins
-                assert p.heads["adapter"] is fitted["adapter"]
-                assert p.heads["reranker"] is p.heads.base["reranker"]
-            assert p.heads["adapter"] is p.heads.base["adapter"]
-        assert all(p.heads[r] is fitted[r] for r in p.heads)  # restored
-        assert [c.score for c in base_answer.candidates] != [
-            c.score for c in fitted_answer.candidates]
+            base_items = [it.record.id for it in p.rerank(query)]
+            with p.heads.using(fitted=("reranker",)):  # nested: the inner choice wins
+                assert p.heads["reranker"] is fitted
+                assert p.heads["adapter"] is p.heads.base["adapter"]
+            assert p.heads["reranker"] is p.heads.base["reranker"]
+        assert p.heads["reranker"] is fitted  # restored
+        assert [it.record.id for it in p.rerank(query)] == [
+            it.record.id for it in p.pipeline.rerank(query, head=fitted)]
+        assert [it.record.id for it in p.pipeline.rerank(
+            query, head=p.heads.base["reranker"])] == base_items
         assert p.heads.file_bytes() == on_disk  # swapping never writes
 
         with pytest.raises(HeadError, match="unknown role"):
             with p.heads.using(fitted=("retriever",)):
                 pass
+
+
+def test_a_head_fitted_inside_using_answers_from_then_on(tmp_path: Path, bundle_dir) -> None:
+    user = make_user(0)
+    with OfflineLLMServer() as server, Personalizer.open(
+            "cy", bundle=Bundle.open(bundle_dir), task="GIT_area", root=tmp_path,
+            llm=LLMConfig.from_env(base_url=server.url)) as p:
+        import_records(p.store, p.task, user["history"])
+        s = p.fit(budget=40, progress=False)
+        with p.heads.using(fitted=()):
+            assert p.heads["reranker"] is p.heads.base["reranker"]
+            p.heads.fit_role("reranker", s.labels.reranker, init=p.heads.base["reranker"])
+            fitted = p.heads["reranker"]
+            assert fitted is not p.heads.base["reranker"]
+        assert p.heads["reranker"] is fitted
 
 
 def test_open_takes_settings_and_single_overrides(tmp_path: Path, bundle_dir) -> None:
@@ -64,18 +83,3 @@ def test_open_takes_settings_and_single_overrides(tmp_path: Path, bundle_dir) ->
         Personalizer.open("bo", bundle=bundle, task="GIT_area", root=tmp_path, n_candidates=3)
     with pytest.raises(InvalidInputError):
         Personalizer.open("bo", bundle=bundle, task="GIT_area", root=tmp_path, k=2, m=3)
-
-
-def test_a_head_fitted_inside_using_answers_from_then_on(tmp_path: Path, bundle_dir) -> None:
-    user = make_user(0)
-    with OfflineLLMServer() as server, Personalizer.open(
-            "cy", bundle=Bundle.open(bundle_dir), task="GIT_area", root=tmp_path,
-            llm=LLMConfig.from_env(base_url=server.url)) as p:
-        import_records(p.store, p.task, user["history"])
-        with p.heads.using(fitted=()):
-            assert p.heads["adapter"] is p.heads.base["adapter"]
-            s = p.fit(budget=40, progress=False)
-            assert s.reports["adapter"] is not None
-            fitted = p.heads["adapter"]
-            assert fitted is not p.heads.base["adapter"]
-        assert p.heads["adapter"] is fitted

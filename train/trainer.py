@@ -25,7 +25,8 @@ Scale-out is torch's own: this module is the entry point of ``torchrun``::
     torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 \\
         -m hydrahead.train.trainer labels.npz out/                                # two nodes
 
-and runs unchanged as one process on a CPU (``python -m hydrahead.train.trainer ...`` or
+(several datasets, ``... a.npz b.npz out/``, are merged first: several tasks and LLMs), and
+runs unchanged as one process on a CPU (``python -m hydrahead.train.trainer ...`` or
 ``hydrahead train fit``). Under ``torchrun`` each process takes every ``world``-th group of a
 global batch, gradients are averaged by DistributedDataParallel (gloo on CPUs, NCCL on GPUs),
 and each rank's loss is scaled so the result equals the one-process run's up to rounding
@@ -53,6 +54,7 @@ from hydrahead.runtime.pair_base import PairBase
 
 from .fast_model import FastBase, StackedHeads, listwise_loss, pointwise_loss
 from .labels import Dataset, load_dataset
+from .merge import merge_datasets
 from .settings import TrainSettings
 
 if TYPE_CHECKING:  # the type checker reads torch's types (see fast_model)
@@ -291,20 +293,27 @@ def initial_base(role: str, dim: int, s: TrainSettings) -> PairBase:
                               features=GAINS[role], gain=s.init_gain)
 
 
-def train(dataset: Dataset | str | Path, out: str | Path, settings: TrainSettings | None = None,
+def train(dataset: Dataset | str | Path | Sequence[Dataset | str | Path], out: str | Path,
+          settings: TrainSettings | None = None,
           roles: Sequence[str] = ("reranker", "adapter")) -> dict[str, Any]:
-    """Train the roles' bases from a label dataset; rank 0 writes ``out/<role>.npz`` (fast
-    mode) or ``out/<role>.cross/`` (cross mode), and ``out/training.json`` (the report, also
-    returned)."""
+    """Train the roles' bases from a label dataset, or several merged on the fly
+    (:func:`~hydrahead.train.merge.merge_datasets`: several tasks and LLMs train one base);
+    rank 0 writes ``out/<role>.npz`` (fast mode) or ``out/<role>.cross/`` (cross mode), and
+    ``out/training.json`` (the report, also returned; each role's groups are counted per
+    source)."""
     s = settings or TrainSettings()
     if s.mode not in ("fast", "cross"):
         raise ValueError(f"mode must be 'fast' or 'cross', got {s.mode!r}")
     rank, world, device = _setup()
-    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    data = _dataset(dataset)
     out = Path(out)
     report: dict[str, Any] = {
         "data": data.meta, "settings": asdict(s), "world_size": world, "device": str(device),
-        "torch": torch.__version__, "mode": s.mode, "roles": {},
+        "torch": torch.__version__, "mode": s.mode,
+        "sources": [{"task": src["task"], "llm": src["llm"],
+                     "users": int((data.user_source == i).sum())}
+                    for i, src in enumerate(data.sources)],
+        "roles": {},
     }
     for role in roles:
         pairs = data.pairs[role]
@@ -325,6 +334,8 @@ def train(dataset: Dataset | str | Path, out: str | Path, settings: TrainSetting
         tensors = _tensors(pairs, data.group_user[role], keep, inputs, device)
         head, report["roles"][role] = train_role(role, tensors, base, init.head,
                                                  len(data.users), s, rank=rank, world=world)
+        per_source = np.bincount(data.group_source(role)[keep], minlength=len(data.sources))
+        report["roles"][role]["groups_per_source"] = [int(n) for n in per_source]
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             if s.mode == "fast":
@@ -336,6 +347,15 @@ def train(dataset: Dataset | str | Path, out: str | Path, settings: TrainSetting
     if world > 1:
         dist.barrier()
     return report
+
+
+def _dataset(given: Dataset | str | Path | Sequence[Dataset | str | Path]) -> Dataset:
+    """A dataset, a dataset file, or several of either merged."""
+    if isinstance(given, Dataset):
+        return given
+    if isinstance(given, (str, Path)):
+        return load_dataset(given)
+    return merge_datasets(given)
 
 
 def _setup() -> tuple[int, int, Any]:
@@ -355,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``torchrun`` entry point: ``-m hydrahead.train.trainer LABELS OUT [options]``."""
     parser = argparse.ArgumentParser(prog="hydrahead.train.trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("labels", help="label dataset (.npz) from `hydrahead train labels`")
+    parser.add_argument("labels", nargs="+",
+                        help="label datasets (.npz) from `hydrahead train labels` or `train "
+                             "merge`; several are merged")
     parser.add_argument("out", help="directory for reranker.npz, adapter.npz, training.json")
     for name, value in asdict(TrainSettings()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -363,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = vars(parser.parse_args(argv))
     labels, out, roles = args.pop("labels"), args.pop("out"), args.pop("roles").split(",")
     try:
-        train(labels, out, TrainSettings(**args), roles=roles)
+        train(labels[0] if len(labels) == 1 else labels, out, TrainSettings(**args),
+              roles=roles)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -17,6 +17,12 @@ included, into the later questions' profiles; keeping them would leak gold answe
 gets a fresh data root. Nothing depends on the machine's speed: requests are seeded per
 question, the response cache is off (every system pays its own requests), and timings are only
 reported. With the offline simulator, results are simulator results and say so.
+
+Each system's gain over the best prompt baseline (``(s - b) / |b|`` of the primary metric's mean
+over all questions; ``(b - s) / |b|`` for MAE) comes with a 95% bootstrap interval that resamples
+users (:mod:`hydrahead.evaluation.stats`), and its paired per-question wins and losses against
+that baseline. :mod:`hydrahead.evaluation.family` runs this once per member of the offline
+simulator family and reports the worst case over members.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from hydrahead.runtime.settings import Settings
 from hydrahead.runtime.tasks import Task, get_task
 from hydrahead.runtime.tasks.lamp import LampQuestion
 
+from .stats import bootstrap_gain, paired_wins_losses
+
 BASELINES = ("zero-shot", "random", "bm25", "dense")
 HYDRA = {  # system -> the roles whose head is the user's fitted one (the others: the base head)
     "base": (),
@@ -58,6 +66,8 @@ HYDRA = {  # system -> the roles whose head is the user's fitted one (the others
     "fitted": ROLES,
 }
 SYSTEMS = (*BASELINES, *HYDRA, "fitted-binary")
+BOOTSTRAP_RESAMPLES = 2000  # of the users, for the 95% interval of every gain
+BOOTSTRAP_SEED = 0
 DESCRIPTIONS = {
     "zero-shot": "no history in the prompt (n=1, T=0)",
     "random": "m random history records (n=1, T=0)",
@@ -99,6 +109,8 @@ class FitStats:
     adapter_positive: int
     fitted: dict[str, bool]
     state_bytes: int  # bytes of everything learned for the user (the head files)
+    used: dict[str, bool] = field(default_factory=dict)  # fitted heads that passed the check
+    no_records: bool = False  # the check found this user's records hurt: prompts carry none
 
 
 @dataclass
@@ -110,6 +122,8 @@ class Results:
     outcomes: dict[str, list[Outcome]] = field(default_factory=lambda: defaultdict(list))
     fits: list[FitStats] = field(default_factory=list)
     oracle: list[float] = field(default_factory=list)  # best candidate of `fitted`, per question
+    _metric_cache: dict[tuple[str, str, int], list[list[float]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def summary(self, task: Task) -> dict[str, Any]:
         """Per system: metrics, gain over the best prompt baseline, wins/losses, costs."""
@@ -121,18 +135,26 @@ class Results:
         baselines = [s for s in BASELINES if s in metrics]
         best = (min if lower_better else max)(baselines, key=lambda s: metrics[s][primary])
         ref = metrics[best][primary]
-        out: dict[str, Any] = {"primary_metric": primary, "best_baseline": best, "systems": {}}
-        ref_scores = np.array([o.score for o in self.outcomes[best]])
+        out: dict[str, Any] = {"primary_metric": primary, "best_baseline": best,
+                               "bootstrap": {"unit": "users", "resamples": BOOTSTRAP_RESAMPLES,
+                                             "seed": BOOTSTRAP_SEED, "level": 0.95},
+                               "systems": {}}
+        ref_scores = [o.score for o in self.outcomes[best]]
+        ref_users = self.per_user(task, best)
         for s, mets in metrics.items():
             outs = self.outcomes[s]
-            scores = np.array([o.score for o in outs])
             gain = (ref - mets[primary]) if lower_better else (mets[primary] - ref)
+            wins, losses = paired_wins_losses([o.score for o in outs], ref_scores)
+            _, lo, hi = bootstrap_gain(self.per_user(task, s), ref_users,
+                                       n=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED,
+                                       lower_is_better=lower_better)
             out["systems"][s] = {
                 "description": DESCRIPTIONS[s],
                 "metrics": {k: v for k, v in mets.items() if k != "n"},
                 "relative_to_best_baseline": gain / abs(ref) if ref else float("nan"),
-                "wins": int(np.sum(scores > ref_scores + 1e-9)),
-                "losses": int(np.sum(scores < ref_scores - 1e-9)),
+                "relative_to_best_baseline_ci95": [lo, hi],
+                "wins": wins,
+                "losses": losses,
                 "llm_requests": int(sum(o.requests for o in outs)),
                 "prompt_tokens": int(sum(o.prompt_tokens for o in outs)),
                 "completion_tokens": int(sum(o.completion_tokens for o in outs)),
@@ -150,11 +172,25 @@ class Results:
                     "reranker_positive_rate": _rate(fits, "reranker"),
                     "adapter_positive_rate": _rate(fits, "adapter"),
                     "heads_fitted": {r: sum(f.fitted[r] for f in fits) for r in ROLES},
+                    "heads_used": {r: sum(f.used.get(r, f.fitted[r]) for f in fits)
+                                   for r in ROLES},
+                    "prompts_without_records": sum(f.no_records for f in fits),
                     "state_bytes_max": max(f.state_bytes for f in fits),
                 }
         if self.oracle:
             out["oracle_fitted"] = float(np.mean(self.oracle))
         return out
+
+    def per_user(self, task: Task, system: str) -> list[list[float]]:
+        """``system``'s per-question values of the primary metric, grouped by user (the units
+        the bootstrap resamples), users in the order of the run."""
+        key = (task.name, system, len(self.outcomes[system]))
+        if key not in self._metric_cache:  # (ROUGE per question is not free: once per run)
+            groups: dict[str, list[float]] = {}
+            for q, o in zip(self.questions, self.outcomes[system]):
+                groups.setdefault(q["user"], []).append(question_metric(task, o.pred, q["gold"]))
+            self._metric_cache[key] = list(groups.values())
+        return self._metric_cache[key]
 
     def to_json(self, task: Task) -> dict[str, Any]:
         """The whole run: settings, summary, and every per-question outcome."""
@@ -172,7 +208,7 @@ class Results:
 
 # ------------------------------------------------------------------------------------- run
 def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
-        llm_url: str | None = None, offline: bool = False, model: str | None = None,
+        llm_url: str | None = None, offline: bool | str | None = False, model: str | None = None,
         settings: Settings | None = None, budget: int = 100, users: int | None = None,
         compare_binary: bool = True, encoder_threads: int | None = None,
         progress: Callable[[str], None] | None = None) -> tuple[Task, Results]:
@@ -184,7 +220,8 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         split: Which questions: ``dev`` (default), ``train`` or ``test`` (needs outputs).
         bundle: Model bundle directory.
         llm_url: OpenAI-compatible base URL; ``None`` or ``offline`` uses the simulator.
-        offline: Use the offline simulator even if ``llm_url`` is given.
+        offline: Use the offline simulator even if ``llm_url`` is given: ``True`` its
+            ``default`` member, a string the member of that name (``hydrahead.offline.family``).
         model: Model name for a real endpoint (default: ``$HYDRAHEAD_LLM_MODEL``).
         settings: The pipeline settings every system shares (k, m, N, temperature, seed, ...).
         budget: Fit budget: LLM calls per user and fit.
@@ -207,7 +244,7 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         config = LLMConfig.from_env(**overrides)
         results = Results(meta={
             "hydrahead": __version__, "task": task.name, "split": split,
-            "data": str(data), "llm": url if not simulated else "offline simulator",
+            "data": str(data), "llm": url if not simulated else _simulator_name(offline),
             "model": config.model, "settings": {**settings.as_dict(), "budget": budget},
             "users": len(all_users), "bundle": str(bundle),
             "bundle_fingerprint": b.fingerprint[:12], "python": platform.python_version(),
@@ -226,6 +263,14 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         results.meta["simulated"] = any(o.simulated for outs in results.outcomes.values()
                                         for o in outs)
     return task, results
+
+
+def _simulator_name(offline: bool | str | None) -> str:
+    """How the results name the simulated LLM: ``offline simulator`` (its default member) or
+    ``offline simulator `<member>```."""
+    if isinstance(offline, str) and offline and offline != "default":
+        return f"offline simulator `{offline}`"
+    return "offline simulator"
 
 
 def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
@@ -311,7 +356,10 @@ def _fit(p: Personalizer, budget: int, rule: str) -> FitStats:
     return FitStats(rule, labels.requests_sent, labels.prompt_tokens, labels.completion_tokens,
                     summary.seconds, labels.reranker.n_pairs, labels.reranker.n_positive,
                     labels.adapter.n_pairs, labels.adapter.n_positive,
-                    {r: summary.reports[r] is not None for r in ROLES}, p.heads.file_bytes())
+                    {r: summary.reports[r] is not None for r in ROLES}, p.heads.file_bytes(),
+                    {r: summary.reports[r] is not None and summary.choices.used(r)
+                     for r in ROLES},
+                    summary.choices.prompt.records == 0)
 
 
 def bases_description(bundle: Bundle) -> str:
@@ -337,6 +385,12 @@ def question_score(task: Task, pred: Any, gold: str) -> float:
         mae = task.evaluate([pred], [gold])["mae"]
         return -mae
     return float(task.is_correct(pred, gold))
+
+
+def question_metric(task: Task, pred: Any, gold: str) -> float:
+    """One question's value of the primary metric (its mean over questions is the metric):
+    1/0 (accuracy), ROUGE-1 F1 (generation), the absolute error (ratings: lower is better)."""
+    return task.evaluate([pred], [gold])[primary_metric(task)]
 
 
 def primary_metric(task: Task) -> str:

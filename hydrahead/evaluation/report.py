@@ -10,11 +10,13 @@ import datetime as dt
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from hydrahead.offline.simulator import SIMULATOR_NOTE
 from hydrahead.runtime.tasks import Task
 
 from .quality import BASELINES, SYSTEMS, Results, source_fingerprint, write_json
+from .stats import paired_wins_losses
 
 
 def code_version(repo: Path | None = None) -> str:
@@ -39,14 +41,20 @@ def metric_columns(task: Task) -> tuple[str, str]:
 
 
 def section_key(results: Results) -> str:
-    """Which section of a report this run owns: data folder name, task, split."""
+    """Which section of a report this run owns: data folder name, task, split, the bases, and
+    (where the run says so in its meta) the protocol other than ``untrained`` and the simulator
+    family's member (a member other than ``default``, or any member of a family run)."""
     m = results.meta
     bases = m.get("bases", "untrained")
     layers = re.match(r"cross-mode \((\d+) layers", bases)
     trained = ("" if bases == "untrained" else ":trained-bases" if not layers
                else ":trained-cross-bases" + ("" if layers.group(1) == "6"
                                               else f"-{layers.group(1)}-layers"))
-    return f"{Path(m['data']).name}:{m['task']}:{m['split']}{trained}"
+    protocol = m.get("protocol")
+    member = m.get("member")
+    extra = (f":{protocol}" if protocol not in (None, "untrained") else "") + (
+        f":{member}" if member and (member != "default" or m.get("family")) else "")
+    return f"{Path(m['data']).name}:{m['task']}:{m['split']}{trained}{extra}"
 
 
 def markdown(task: Task, results: Results, *, command: str, version: str) -> str:
@@ -61,7 +69,9 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
     title = (f"## {m['task']} / {m['split']} on `{Path(m['data']).name}`"
              + ("" if bases == "untrained"
                 else f", trained {bases.split(' trained')[0]} bases" if bases.startswith("cross")
-                else ", trained bases"))
+                else ", trained bases")
+             + (f" ({m['protocol']})" if m.get("protocol") not in (None, "untrained") else "")
+             + (f", simulated LLM `{m['member']}`" if m.get("member") else ""))
     lines = [f"<!-- quality:{key} -->", title, ""]
     if m["simulated"]:
         lines += [f"**{SIMULATOR_NOTE}. These numbers show what the machinery does with that "
@@ -78,7 +88,7 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
         f"seed {settings['seed']}.",
         f"- Reproduce: `{command}`",
         "",
-        f"| system | {c1} | {c2} | vs best prompt baseline ({s['best_baseline']}) | "
+        f"| system | {c1} | {c2} | vs best prompt baseline ({s['best_baseline']}) [95% CI] | "
         "won / lost | LLM requests / q | tokens / q | local ms / q (p50) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -91,7 +101,7 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
         label = f"**{name}**" if name == "fitted" else name
         lines.append(
             f"| {label}: {row['description']} | {mets[c1]:.3f} | {mets[c2]:.3f} | "
-            f"{100 * row['relative_to_best_baseline']:+.1f}% | {row['wins']} / {row['losses']} "
+            f"{gain_cell(row)} | {row['wins']} / {row['losses']} "
             f"| {row['llm_requests'] / n_q:.1f} | {tokens:.0f} | {row['local_ms_p50']:.1f} |")
     lines.append("")
     for rule in ("graded", "binary"):
@@ -104,19 +114,32 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
                 f"labels above 0.5: reranker {f['reranker_positive_rate']:.2f}, adapter "
                 f"{f['adapter_positive_rate']:.2f}; heads fitted: reranker "
                 f"{f['heads_fitted']['reranker']}/{f['users']}, adapter "
-                f"{f['heads_fitted']['adapter']}/{f['users']}; everything learned for a user "
+                f"{f['heads_fitted']['adapter']}/{f['users']}; of those, answering after the "
+                f"held-out check: reranker {f.get('heads_used', f['heads_fitted'])['reranker']}, "
+                f"adapter {f.get('heads_used', f['heads_fitted'])['adapter']}; prompts without "
+                f"records (they hurt with this LLM): {f.get('prompts_without_records', 0)}/"
+                f"{f['users']}; everything learned for a user "
                 f"(both head files) at most {f['state_bytes_max']:,} bytes.")
     if "oracle_fitted" in s:
         lines.append(f"- Headroom: a perfect pick among `fitted`'s candidates would score "
                      f"{s['oracle_fitted']:.3f} (per-question {_score_name(task)}).")
     fitted, base = s["systems"].get("fitted"), s["systems"].get("base")
     if fitted and base:
-        ref = results.outcomes
-        won = sum(a.score > b.score + 1e-9 for a, b in zip(ref["fitted"], ref["base"]))
-        lost = sum(a.score < b.score - 1e-9 for a, b in zip(ref["fitted"], ref["base"]))
+        won, lost = paired_wins_losses([o.score for o in results.outcomes["fitted"]],
+                                       [o.score for o in results.outcomes["base"]])
         lines.append(f"- `fitted` against `base` per question: {won} won, {lost} lost.")
     lines += ["", f"<!-- /quality:{key} -->"]
     return "\n".join(lines) + "\n"
+
+
+def gain_cell(row: dict[str, Any]) -> str:
+    """A system's gain over the best prompt baseline with its 95% interval, in percent:
+    ``+4.3% [-1.2, +9.8]``."""
+    gain = f"{100 * row['relative_to_best_baseline']:+.1f}%"
+    ci = row.get("relative_to_best_baseline_ci95")
+    if not ci or any(v != v for v in ci):  # NaN: no interval
+        return gain
+    return f"{gain} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
 
 
 def _score_name(task: Task) -> str:

@@ -1,11 +1,16 @@
 """An OpenAI-compatible HTTP server in front of the offline SIMULATOR (not a language model).
 
-:class:`OfflineLLMServer` serves :class:`~hydrahead.offline.simulator.SimulatedLLM` on
-loopback so that hydrahead's real HTTP client can be tested, and demoed, without any LLM:
+:class:`OfflineLLMServer` serves a member of the family of simulated LLMs
+(:mod:`hydrahead.offline.family`; by default :class:`~hydrahead.offline.simulator.SimulatedLLM`)
+on loopback so that hydrahead's real HTTP client can be tested, and demoed, without any LLM:
 
 * ``POST /v1/chat/completions``: an OpenAI chat completion (``n`` choices); a body that is not
-  a valid request gets ``400`` with an OpenAI-style ``{"error": {...}}``.
-* ``GET /v1/models``: one model, ``hydrahead-offline-simulator``.
+  a valid request gets ``400`` with an OpenAI-style ``{"error": {...}}``. A body whose
+  ``model`` is ``sim:<name>`` (``"sim:majority"``) is answered by that member of the family, so
+  one server serves the whole family to concurrent evaluations; any other model name is
+  answered by the server's own member.
+* ``GET /v1/models``: one model, ``hydrahead-offline-simulator`` (its entry names the server's
+  member and lists the others).
 
 Every request it receives is kept, in arrival order, as a :class:`CapturedRequest` holding the
 exact body bytes (and the headers, without ``Authorization``), so tests can check what would
@@ -34,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from hydrahead.runtime.errors import InvalidInputError, LLMError
+from .family import (DEFAULT_MEMBER, MODEL_PREFIX, check_member, get_member, member_names,
+                     member_of_model)
 from .simulator import SIMULATOR_MODEL, SIMULATOR_NOTE, SimulatedLLM
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -64,16 +71,26 @@ class OfflineLLMServer:
     Args:
         host: Interface to listen on (loopback by default).
         port: TCP port; 0 picks a free one (see :attr:`url`).
-        simulator: The simulator to serve (default: ``SimulatedLLM()``).
+        simulator: The simulator to serve (default: the member named by ``member``).
+        member: The member of the family to serve (default ``"default"``); not with
+            ``simulator``. Requests for ``model="sim:<name>"`` get member ``<name>`` either way.
         capture_path: Also append every captured request to this JSONL file.
         quiet: Do not log each request to stderr.
+
+    Raises:
+        InvalidInputError: ``member`` names no member, or both ``simulator`` and ``member``
+            are given.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
-                 simulator: SimulatedLLM | None = None, capture_path: str | Path | None = None,
-                 quiet: bool = True) -> None:
+                 simulator: SimulatedLLM | None = None, member: str | None = None,
+                 capture_path: str | Path | None = None, quiet: bool = True) -> None:
+        if simulator is not None and member is not None:
+            raise InvalidInputError("give the offline server a simulator or a member name, "
+                                    "not both")
         self.host, self.port = host, port
-        self.simulator = simulator or SimulatedLLM()
+        self.simulator = simulator or get_member(member or DEFAULT_MEMBER)
+        self._members: dict[str, SimulatedLLM] = {}
         self.capture_path = Path(capture_path) if capture_path is not None else None
         self.quiet = quiet
         self._captured: list[CapturedRequest] = []
@@ -128,6 +145,26 @@ class OfflineLLMServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/v1"
 
+    @property
+    def member(self) -> str:
+        """The name of the member that answers requests not asking for one."""
+        return getattr(self.simulator, "name", DEFAULT_MEMBER)
+
+    def simulator_for(self, body: Any) -> SimulatedLLM:
+        """The member that answers a request body: ``sim:<name>`` in its ``model``, else the
+        server's own.
+
+        Raises:
+            InvalidInputError: The body asks for ``sim:<name>`` with an unknown name.
+        """
+        name = member_of_model(body.get("model")) if isinstance(body, dict) else None
+        if name is None:
+            return self.simulator
+        with self._lock:
+            if name not in self._members:
+                self._members[name] = get_member(name)
+            return self._members[name]
+
     # -------------------------------------------------------------------------------- captures
     @property
     def captured(self) -> list[CapturedRequest]:
@@ -152,8 +189,22 @@ class OfflineLLMServer:
                     f.write(line + "\n")
 
 
+def offline_member(offline: bool | str | None) -> str | None:
+    """The member an ``offline`` argument asks for: ``None`` for ``False``, ``None`` or ``""``,
+    ``"default"`` for ``True``, else the name itself (checked).
+
+    Raises:
+        InvalidInputError: The name is not a member's.
+    """
+    if offline is True:
+        return DEFAULT_MEMBER
+    if not offline:
+        return None
+    return check_member(str(offline))
+
+
 @contextmanager
-def llm_endpoint(llm_url: str | None, *, offline: bool = False,
+def llm_endpoint(llm_url: str | None, *, offline: bool | str | None = False,
                  announce: Callable[[str], None] | None = None
                  ) -> Iterator[tuple[str | None, bool]]:
     """The LLM endpoint of a command or a run, as ``(url, simulated)``.
@@ -162,30 +213,42 @@ def llm_endpoint(llm_url: str | None, *, offline: bool = False,
         llm_url: The endpoint to use when not ``offline`` (``None``: the caller's default,
             e.g. ``$HYDRAHEAD_LLM_BASE_URL``).
         offline: Serve the offline simulator on loopback for the duration of the block instead;
-            its URL comes back with ``simulated=True``.
-        announce: Told, when the simulator is started, :data:`SIMULATOR_NOTE` and its URL.
+            its URL comes back with ``simulated=True``. ``True`` serves the ``default`` member,
+            a string the member of that name (:mod:`hydrahead.offline.family`).
+        announce: Told, when the simulator is started, :data:`SIMULATOR_NOTE`, the member (if
+            not the default) and its URL.
 
     Raises:
+        InvalidInputError: ``offline`` names no member (the message lists them).
         LLMError: The simulator cannot listen.
     """
-    if not offline:
+    member = offline_member(offline)
+    if member is None:
         yield llm_url, False
         return
-    with OfflineLLMServer() as server:
+    with OfflineLLMServer(member=member) as server:
         if announce is not None:
-            announce(f"{SIMULATOR_NOTE} (at {server.url})")
+            which = "" if member == DEFAULT_MEMBER else f"member {member!r}, "
+            announce(f"{SIMULATOR_NOTE} ({which}at {server.url})")
         yield server.url, True
 
 
-def serve_forever(host: str = "127.0.0.1", port: int = 8000, *,
+def serve_forever(host: str = "127.0.0.1", port: int = 8000, *, member: str = DEFAULT_MEMBER,
                   capture_path: str | Path | None = None, quiet: bool = False) -> None:
     """Run the offline simulator server in the foreground until interrupted (Ctrl-C).
 
-    Prints the base URL to give hydrahead (``HYDRAHEAD_LLM_BASE_URL``) and a reminder that
-    the answers come from a simulator, not a language model.
+    Prints the base URL to give hydrahead (``HYDRAHEAD_LLM_BASE_URL``), the member it serves
+    and a reminder that the answers come from a simulator, not a language model.
+
+    Raises:
+        InvalidInputError: ``member`` names no member.
+        LLMError: The address cannot be bound.
     """
-    server = OfflineLLMServer(host, port, capture_path=capture_path, quiet=quiet).start()
+    server = OfflineLLMServer(host, port, member=member, capture_path=capture_path,
+                              quiet=quiet).start()
     print(f"hydrahead offline LLM listening on {server.url}", flush=True)
+    print(f"simulated LLM: {server.member} (model \"{MODEL_PREFIX}<name>\" picks another "
+          f"member: {', '.join(member_names())})", flush=True)
     print(SIMULATOR_NOTE, flush=True)
     try:
         while True:
@@ -217,7 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/v1/models", "/models"):
             self._send(HTTPStatus.OK, {"object": "list", "data": [
                 {"id": SIMULATOR_MODEL, "object": "model", "created": 0,
-                 "owned_by": "hydrahead", "x_hydrahead_simulator": SIMULATOR_NOTE}]})
+                 "owned_by": "hydrahead", "x_hydrahead_simulator": SIMULATOR_NOTE,
+                 "x_hydrahead_member": self.owner.member,
+                 "x_hydrahead_members": [MODEL_PREFIX + n for n in member_names()]}]})
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no route GET {path}", "not_found_error")
 
@@ -241,7 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {exc}")
             return
         try:
-            response = self.owner.simulator.complete(body)
+            response = self.owner.simulator_for(body).complete(body)
         except InvalidInputError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
             return

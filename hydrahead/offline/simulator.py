@@ -8,6 +8,11 @@ hydrahead talks to a black-box LLM over an OpenAI-compatible API. Where none can
 personalisation is *measurable* with it: better-chosen history in the prompt gives better
 answers. Numbers measured with it say nothing about how a real LLM would do.
 
+It is the ``default`` member of a family of simulated LLMs that read prompts by other
+mechanisms (:mod:`hydrahead.offline.family`); they reuse its prompt reading, world prior,
+generation candidates, sampling and response shape (the functions below the class), and its
+own answers are unchanged by them.
+
 Contract
 --------
 1. **A pure function of the request.** It reads only ``messages``, ``n``, ``temperature``,
@@ -60,7 +65,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,9 +311,21 @@ class _Request:
 class SimulatedLLM:
     """The offline SIMULATOR (not a language model); see the module docstring for its contract.
 
+    It is the ``default`` member of the family of simulated LLMs
+    (:mod:`hydrahead.offline.family`); the other members subclass it and replace how options
+    are scored (:meth:`option_scores`), how generation candidates are made and scored
+    (:meth:`generation_pool`) or how answers are written (:meth:`candidates`).
+
     Args:
         params: Its constants; the defaults are the documented ones.
     """
+
+    name: str = "default"
+    """The member name (``hydrahead llm members``)."""
+    summary: str = "prior + similarity-weighted example votes; extractive answers in their style"
+    """One line saying what the member does."""
+    fingerprint: str = SIMULATOR_FINGERPRINT
+    """The ``system_fingerprint`` of its responses."""
 
     def __init__(self, params: SimulatorParams | None = None) -> None:
         self.params = params or SimulatorParams()
@@ -322,7 +339,7 @@ class SimulatedLLM:
         """
         req = _read_request(request_body)
         texts = self.candidates(req.prompt, n=req.n, temperature=req.temperature,
-                                max_tokens=req.max_tokens, rng=random.Random(req.digest))
+                                max_tokens=req.max_tokens, rng=self.request_rng(req.digest))
         prompt_tokens = _count_tokens(req.prompt)
         completion_tokens = sum(_count_tokens(t) for t in texts)
         return {
@@ -330,7 +347,7 @@ class SimulatedLLM:
             "object": "chat.completion",
             "created": int(time.time()),  # the answer is a function of the request; this is not
             "model": req.model,  # the name asked for, as servers do; system_fingerprint says sim
-            "system_fingerprint": SIMULATOR_FINGERPRINT,
+            "system_fingerprint": self.fingerprint,
             "choices": [{"index": i, "message": {"role": "assistant", "content": t},
                          "logprobs": None, "finish_reason": "stop"}
                         for i, t in enumerate(texts)],
@@ -338,6 +355,10 @@ class SimulatedLLM:
                       "total_tokens": prompt_tokens + completion_tokens},
             "x_hydrahead_simulator": SIMULATOR_NOTE,
         }
+
+    def request_rng(self, digest: bytes) -> random.Random:
+        """The random generator of one request, seeded by the digest of its fields."""
+        return random.Random(digest)
 
     def candidates(self, prompt: str, *, n: int = 1, temperature: float = 1.0,
                    max_tokens: int | None = None, rng: random.Random | None = None) -> list[str]:
@@ -371,21 +392,8 @@ class SimulatedLLM:
     def option_scores(self, parsed: ParsedPrompt) -> dict[str, float]:
         """``score(l)`` of every option (module docstring, point 2)."""
         p = self.params
-        query_bag = bag(parsed.query)
-        refs = _spelled_out_options(parsed.query, parsed.options)
-        if refs:
-            rest = parsed.query
-            for text in refs.values():
-                rest = rest.replace(text, " ")
-            rest_bag = bag(rest)
-            desc_bags = {o: bag(refs[o]) for o in parsed.options}
-            prior = {o: cosine(rest_bag, desc_bags[o]) for o in parsed.options}
-        elif _all_numbers(parsed.options):
-            prior = _rating_prior(query_bag, parsed.options)
-            desc_bags = {}
-        else:
-            prior = _keyword_prior(parsed.query, query_bag, parsed.options)
-            desc_bags = {}
+        world = world_prior(parsed)
+        query_bag, prior, desc_bags = world.query_bag, world.prior, world.references
         scores = {o: p.prior_weight * prior[o] for o in parsed.options}
         for ex in parsed.examples:
             ex_bag = bag(ex.text)
@@ -404,28 +412,106 @@ class SimulatedLLM:
                         max_tokens: int | None = None) -> list[tuple[str, float]]:
         """All generation candidates with their scores, best first (point 4)."""
         p = self.params
-        style = _style(parsed, p)
-        query = parsed.query if parsed.query.strip() else parsed.instruction
-        weights = Counter(tokens(query))
-        variants = _content_variants(query, weights, style.length)
-        limit = max_tokens if max_tokens and max_tokens > 0 else None
-        pool: dict[str, float] = {}
-        for rank, (words, bonus) in enumerate(variants):
-            for prefix, prefix_score in style.prefixes or [("", 0.0)]:
-                text = _styled(words, prefix, style, limit)
-                if not text:
-                    continue
-                n_words = len(words)
-                density = (sum(weights.get(_stem(w.lower().strip(".,;:()\"'`")), 0) > 0
-                               for w in words) / max(n_words, 1))
-                score = (bonus + prefix_score + p.keyword_weight * density
-                         - p.length_weight * abs(n_words - style.length) / style.length
-                         - 0.01 * rank)
-                if text not in pool or pool[text] < score:
-                    pool[text] = score
-        if not pool:
-            pool["..."] = 0.0
-        return sorted(pool.items(), key=lambda kv: -kv[1])
+        found = generation_candidates(parsed, _style(parsed, p), max_tokens)
+        return best_first((c.text, c.default_score(p)) for c in found)
+
+
+# ---------------------------------------------------------------------- shared by the family
+@dataclass(frozen=True)
+class WorldPrior:
+    """The user-independent prior of a prompt's options (module docstring, point 2).
+
+    Attributes:
+        query_bag: The query's bag of words.
+        prior: ``prior(l)`` of every option, in [0, 1].
+        references: For options the query spells out (LaMP-1's ``[1]: "..."``), each option's
+            reference text as a bag; empty otherwise.
+    """
+
+    query_bag: dict[str, float]
+    prior: dict[str, float]
+    references: dict[str, dict[str, float]]
+
+
+def world_prior(parsed: ParsedPrompt) -> WorldPrior:
+    """The world prior of ``parsed``'s options: spelled-out references, ratings or key words."""
+    query_bag = bag(parsed.query)
+    refs = _spelled_out_options(parsed.query, parsed.options)
+    if refs:
+        rest = parsed.query
+        for text in refs.values():
+            rest = rest.replace(text, " ")
+        rest_bag = bag(rest)
+        desc_bags = {o: bag(refs[o]) for o in parsed.options}
+        prior = {o: cosine(rest_bag, desc_bags[o]) for o in parsed.options}
+    elif _all_numbers(parsed.options):
+        prior = _rating_prior(query_bag, parsed.options)
+        desc_bags = {}
+    else:
+        prior = _keyword_prior(parsed.query, query_bag, parsed.options)
+        desc_bags = {}
+    return WorldPrior(query_bag, prior, desc_bags)
+
+
+@dataclass(frozen=True)
+class GenerationCandidate:
+    """One generation candidate before scoring (module docstring, point 4).
+
+    Attributes:
+        text: The answer as it would be sent.
+        words: Its number of content words (before prefix and style).
+        target: The target length (words) of the style.
+        bonus: How plausible its kind of variant is (action-verb clause 0.6 ... key words 0).
+        prefix_score: The style's vote for its ``prefix: `` (0 without one).
+        density: The share of its words that are key words of the query.
+        rank: The index of its variant, most plausible first.
+    """
+
+    text: str
+    words: int
+    target: float
+    bonus: float
+    prefix_score: float
+    density: float
+    rank: int
+
+    def default_score(self, p: SimulatorParams) -> float:
+        """The default simulator's score: plausibility, prefix vote, key words, length."""
+        return (self.bonus + self.prefix_score + p.keyword_weight * self.density
+                - p.length_weight * abs(self.words - self.target) / self.target
+                - 0.01 * self.rank)
+
+
+def generation_candidates(parsed: ParsedPrompt, style: _Style,
+                          max_tokens: int | None = None) -> list[GenerationCandidate]:
+    """Every extractive variant of the query in every prefix of ``style``, in order."""
+    query = parsed.query if parsed.query.strip() else parsed.instruction
+    weights = Counter(tokens(query))
+    variants = _content_variants(query, weights, style.length)
+    limit = max_tokens if max_tokens and max_tokens > 0 else None
+    found = []
+    for rank, (words, bonus) in enumerate(variants):
+        for prefix, prefix_score in style.prefixes or [("", 0.0)]:
+            text = _styled(words, prefix, style, limit)
+            if not text:
+                continue
+            n_words = len(words)
+            density = (sum(weights.get(_stem(w.lower().strip(".,;:()\"'`")), 0) > 0
+                           for w in words) / max(n_words, 1))
+            found.append(GenerationCandidate(text, n_words, style.length, bonus, prefix_score,
+                                             density, rank))
+    return found
+
+
+def best_first(scored: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Distinct texts with their best score, best first (``"..."`` if there are none)."""
+    pool: dict[str, float] = {}
+    for text, score in scored:
+        if text not in pool or pool[text] < score:
+            pool[text] = score
+    if not pool:
+        pool["..."] = 0.0
+    return sorted(pool.items(), key=lambda kv: -kv[1])
 
 
 # ------------------------------------------------------------------------- request handling
@@ -579,15 +665,22 @@ class _Style:
     period: bool
 
 
-def _style(parsed: ParsedPrompt, p: SimulatorParams) -> _Style:
-    """The answer style the examples show, each weighted by its similarity to the query."""
+def _style(parsed: ParsedPrompt, p: SimulatorParams,
+           weights: Sequence[float] | None = None) -> _Style:
+    """The answer style the examples show, each weighted by its similarity to the query (or
+    by ``weights``, one per example; an example of weight 0 does not count)."""
     query_bag = bag(parsed.query)
     samples = []
-    for ex in parsed.examples:
+    for i, ex in enumerate(parsed.examples):
         answer = ex.answer if ex.answer is not None else ex.text
         answer = " ".join(answer.split())
         if answer:
-            w = cosine(query_bag, bag(ex.text)) ** p.similarity_power + STYLE_FLOOR
+            if weights is None:
+                w = cosine(query_bag, bag(ex.text)) ** p.similarity_power + STYLE_FLOOR
+            elif weights[i] > 0:
+                w = weights[i]
+            else:
+                continue
             samples.append((answer, w))
     if not samples:
         return _Style(NEUTRAL_LENGTH, [], False, False)

@@ -1,0 +1,177 @@
+"""Per-user validation: a fitted head answers only where it beats the base head on the user's
+held-out recent records; records leave the prompt where they hurt this LLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from testing.fault_server import FaultServer, Reply
+from testing.synthetic_users import make_user
+
+from hydrahead.offline.simulator import SimulatedLLM
+from hydrahead.runtime.bundle import Bundle
+from hydrahead.runtime.errors import HeadError
+from hydrahead.runtime.heads import Head
+from hydrahead.runtime.importing import import_records
+from hydrahead.runtime.labeling import Labeler
+from hydrahead.runtime.llm.config import LLMConfig
+from hydrahead.runtime.pairs import PairSet
+from hydrahead.runtime.personalizer import Personalizer
+from hydrahead.runtime.tasks.base import EXAMPLES_HEADER
+from hydrahead.runtime.validation import (
+    MIN_VALIDATION_GROUPS,
+    Choices,
+    PromptCheck,
+    RoleCheck,
+    check_answers,
+    check_prompt,
+    check_role,
+    holdout,
+    order_metric,
+    pick_metric,
+)
+
+
+def _pairs(n_records: int, n_questions: int = 0, n_feedback: int = 0) -> PairSet:
+    pairs = PairSet()
+    rows = ([None] * n_questions + [f"r{i}" for i in range(n_records)]
+            + [None] * n_feedback)
+    for qid in rows:
+        pairs.add(np.zeros(4), np.zeros((2, 4)), [1.0, 0.0], query_id=qid)
+    return pairs
+
+
+def test_holdout_takes_every_other_of_the_newest_records_only() -> None:
+    pairs = _pairs(10, n_questions=2, n_feedback=3)
+    train, held = holdout(pairs, 12)  # 2 questions + 10 records are labels; 3 feedback follow
+    assert held == [2, 4, 6]  # records r0, r2, r4: the newest, every other one
+    assert sorted(train + held) == list(range(15))
+    assert {0, 1, 12, 13, 14} <= set(train)  # questions and feedback always train
+    small = _pairs(2 * MIN_VALIDATION_GROUPS)
+    assert holdout(small, len(small)) == (list(range(len(small))), [])  # too few to tell
+
+
+def test_metrics() -> None:
+    targets = [np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0])]
+    assert pick_metric([np.array([3, 1, 2]), np.array([0, 1])], targets) == 1.0
+    assert pick_metric([np.array([1, 3, 2]), np.array([1, 0])], targets) == 0.0
+    graded = [np.array([0.9, 0.5, 0.1])]
+    assert order_metric([np.array([3.0, 2.0, 1.0])], graded) == 1.0
+    assert order_metric([np.array([1.0, 2.0, 3.0])], graded) == 0.0
+    assert order_metric([np.array([1.0, 1.0, 1.0])], graded) == 0.5
+    assert order_metric([np.array([1.0, 2.0])], [np.array([0.5, 0.5])]) == 0.5  # nothing differs
+
+
+def _head(bias: float) -> Head:
+    """A head whose score is sigmoid(bias * h[0]): it prefers items with a large first feature
+    when bias > 0."""
+    W1 = np.zeros((2, 2), np.float32)
+    W1[0, 0] = 1.0
+    W2 = np.zeros((2, 2), np.float32)
+    W2[0, 1] = bias
+    return Head(W1, np.zeros(2, np.float32), W2, np.zeros(2, np.float32))
+
+
+def test_check_role_uses_a_head_only_where_it_wins() -> None:
+    hidden = [np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], np.float32)] * 4
+    right_first = [np.array([1.0, 0.0, 0.0])] * 4
+    good, bad, base = _head(2.0), _head(-2.0), _head(0.0)
+    assert check_role(base, good, hidden, right_first, listwise=True).used
+    assert not check_role(base, bad, hidden, right_first, listwise=True).used
+    assert not check_role(base, base, hidden, right_first, listwise=True).used  # a tie
+    assert check_role(base, good, hidden, right_first, listwise=False).used
+    assert not check_role(base, good, [], [], listwise=True).used  # nothing to check on
+
+
+def test_check_answers_and_prompt() -> None:
+    assert check_answers([0.5, 0.5], [0.6, 0.5]).used
+    assert not check_answers([0.5, 0.5], [0.5, 0.5]).used
+    assert not check_answers([], []).used
+    assert check_prompt([(0.9, 0.2)] * 2).records is None  # too little evidence
+    assert check_prompt([(0.9, 0.2)] * 3).records == 0  # records hurt
+    assert check_prompt([(0.2, 0.9)] * 3).records is None
+    assert check_prompt([(0.5, 0.5)] * 5).records is None  # a tie keeps them
+
+
+def test_choices_file_round_trip_and_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "choices.json"
+    assert Choices.load(path).used("adapter")  # none saved: fitted heads answer
+    choices = Choices({"adapter": RoleCheck(False, "no", 3, 0.5, 0.4)}, PromptCheck(0, 4, 1, 0))
+    choices.save(path)
+    loaded = Choices.load(path)
+    assert loaded == choices and not loaded.used("adapter") and loaded.used("reranker")
+    for bad in ("[1, 2]", "{", json.dumps({"format": "hydrahead-choices", "version": 1,
+                                           "roles": {"adapter": {"used": "x"}}, "prompt": {}}),
+                json.dumps({"format": "hydrahead-choices", "version": 1, "roles": {},
+                            "prompt": {"records": 3}})):
+        path.write_text(bad)
+        with pytest.raises(HeadError, match="choices.json"):
+            Choices.load(path)
+
+
+def _simulator_reply(simulator: SimulatedLLM, *, records_hurt: bool):
+    def reply(req) -> Reply:
+        body = req.json()
+        out = simulator.complete(body)
+        if records_hurt and EXAMPLES_HEADER in body["messages"][0]["content"]:
+            for choice in out["choices"]:  # shown the user's records, this LLM goes astray
+                choice["message"]["content"] = "sequencer"
+        return Reply(200, out)
+    return reply
+
+
+@pytest.mark.parametrize("records_hurt", [True, False])
+def test_records_leave_the_prompt_only_where_they_hurt(tmp_path: Path, bundle_dir,
+                                                       records_hurt: bool) -> None:
+    user = make_user(0)
+    with FaultServer(default=_simulator_reply(SimulatedLLM(), records_hurt=records_hurt)) as \
+            server, Personalizer.open("u", bundle=Bundle.open(bundle_dir), task="GIT_area",
+                                      root=tmp_path, llm=LLMConfig.from_env(base_url=server.url)
+                                      ) as p:
+        import_records(p.store, p.task, user["history"])
+        s = p.fit(budget=100, progress=False)
+        assert s.choices.prompt.n >= 3
+        sent = server.hits
+        a = p.ask(user["queries"][0]["query"])
+        asked = server.captured[sent].json()["messages"][0]["content"]
+        if records_hurt:
+            assert s.choices.prompt.records == 0
+            assert s.choices.prompt.without > s.choices.prompt.with_records
+            assert a.items == [] and EXAMPLES_HEADER not in asked
+        else:
+            assert s.choices.prompt.records is None
+            assert len(a.items) == p.settings.m and EXAMPLES_HEADER in asked
+    with Personalizer.open("u", bundle=Bundle.open(bundle_dir), task="GIT_area",
+                           root=tmp_path) as p:  # the choice is the user's, on disk
+        assert p.heads.choices.prompt.records == (0 if records_hurt else None)
+        with p.heads.using(fitted=()):
+            assert p.heads.prompt_records(4) == 4  # base only: the settings' m
+
+
+def test_compare_rerankers_asks_end_to_end_and_shares_identical_prompts(
+        tmp_path: Path, bundle_dir) -> None:
+    user = make_user(1)
+    with FaultServer(default=_simulator_reply(SimulatedLLM(), records_hurt=False)) as server, \
+            Personalizer.open("v", bundle=Bundle.open(bundle_dir), task="GIT_area",
+                              root=tmp_path, llm=LLMConfig.from_env(base_url=server.url)) as p:
+        import_records(p.store, p.task, user["history"])
+        labeler = Labeler(p.store, p.task, p.llm, settings=p.settings, budget=60,
+                          progress=False)
+        ids = [q.id for q in labeler._adapter_queries[:4]]
+
+        def nearest(query, qvec, records, vecs, cosines):
+            return np.asarray(cosines, np.float64)
+
+        def farthest(query, qvec, records, vecs, cosines):
+            return -np.asarray(cosines, np.float64)
+
+        quality = labeler.compare_rerankers({"near": nearest, "same": nearest,
+                                             "far": farthest}, ids)
+        assert len(quality["near"]) == len(quality["far"]) == 4
+        assert quality["near"] == quality["same"]
+        assert np.mean(quality["near"]) > np.mean(quality["far"])  # near examples help here
+        per_prompt = 1 + int(p.settings.greedy)
+        assert server.hits == 4 * 2 * per_prompt  # "same" shared "near"'s requests
