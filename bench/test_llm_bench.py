@@ -11,6 +11,11 @@ simulator's, so only the timings mean anything here.
 * **fit(budget=100)**: the labelling requests of a whole fit, concurrent (the shipped default,
   ``max_concurrency=8``) and one at a time, each round on a fresh user (no cache). Target:
   <= 10 s wall at 300 ms a request.
+* **ask() end to end**: ``ask()`` as shipped (its greedy and sampling requests at once), against
+  ONE prompt-baseline request (the ask's own prompt, ``n=1``, temperature 0: what an app sends
+  without hydrahead) and against ``ask()`` with its two requests one after the other (as before
+  issue 17), interleaved query by query; no response cache, the outbox on. Target: <= 1.1x the
+  one request.
 
 Run: ``python -m pytest bench/test_llm_bench.py --benchmark-only -s``.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 
@@ -27,6 +33,7 @@ import pytest
 from testing.fault_server import FaultServer, Reply
 from testing.synthetic_users import make_user
 
+from hydrahead.runtime import ask_pipeline
 from hydrahead.runtime.bundle import Bundle
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm import LLMClient, LLMConfig
@@ -107,3 +114,64 @@ def test_fit_budget_100_against_a_slow_server(benchmark, bundle_dir: Path, tmp_p
             "target_s": 10.0}
     benchmark.extra_info.update(info)
     print(json.dumps({"bench": "fit_budget_100", **info}))
+
+
+def _one_after_the_other(llm, prompt, requests):
+    """ask()'s requests as they were sent before issue 17: each waits for the one before."""
+    return [llm.complete(prompt, **r) for r in requests]
+
+
+def test_ask_end_to_end_against_one_request(benchmark, bundle_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    user = make_user(3)
+    queries = itertools.cycle([q["query"] for q in user["queries"]])
+    seeds = itertools.count()
+    timings: dict[str, list[float]] = {"one_request": [], "one_after_the_other": []}
+    tokens: dict[str, int] = {}
+    with FaultServer(default=slow_simulator()) as server, Personalizer.open(
+            "u", bundle=Bundle.open(bundle_dir), task="GIT_area", root=tmp_path,
+            llm=LLMConfig(server.url, "m"), cache=False) as p:
+        import_records(p.store, p.task, user["history"])
+        concurrent = ask_pipeline._complete_at_once
+
+        def timed(name: str, fn: Callable[[], object]) -> None:
+            start = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - start)
+
+        def references() -> tuple[tuple[str], dict]:  # before every timed round: next query
+            query = next(queries)
+            prompt = p.prepare(query).prompt
+
+            def one_request() -> None:
+                baseline = p.llm.complete(prompt, n=1, temperature=0.0, seed=next(seeds))
+                tokens["one_request_prompt"] = baseline.prompt_tokens
+
+            timed("one_request", one_request)
+            monkeypatch.setattr(ask_pipeline, "_complete_at_once", _one_after_the_other)
+            try:
+                timed("one_after_the_other", lambda: p.ask(query))
+            finally:
+                monkeypatch.setattr(ask_pipeline, "_complete_at_once", concurrent)
+            return (query,), {}
+
+        def ask(query: str) -> None:
+            answer = p.ask(query)
+            assert answer.llm_requests == 2
+            tokens["ask_prompt"] = answer.prompt_tokens
+
+        benchmark.pedantic(ask, setup=references, rounds=9, warmup_rounds=1)
+    shipped = benchmark.stats.stats.median
+    one, serial = median(timings["one_request"]), median(timings["one_after_the_other"])
+    info = {
+        "latency_s": LATENCY, "n": p.settings.n,
+        "ask_s": round(shipped, 3), "one_request_s": round(one, 3),
+        "ask_one_after_the_other_s": round(serial, 3),
+        "ask_vs_one_request": round(shipped / one, 2),
+        "one_after_the_other_vs_one_request": round(serial / one, 2),
+        "target": 1.1,
+        "prompt_tokens_ask": tokens["ask_prompt"],
+        "prompt_tokens_one_request": tokens["one_request_prompt"],
+    }
+    benchmark.extra_info.update(info)
+    print(json.dumps({"bench": "ask_end_to_end", **info}))

@@ -28,6 +28,7 @@ from hydrahead.cli_common import (
     echo_err,
     pass_ctx,
     pipeline_settings,
+    show_progress,
     with_llm,
 )
 from hydrahead.cli_server import export, train
@@ -98,7 +99,7 @@ def fit(obj: Context, user_id: str, task: str | None, budget: int, model: str | 
 
     with llm_endpoint(llm_url, offline=offline, announce=echo_err) as (url, _):
         with _open(obj, user_id, task, llm_url=url, model=model) as p:
-            s = p.fit(budget=budget, progress=not as_json)
+            s = p.fit(budget=budget, progress=show_progress(as_json))
     if as_json:
         click.echo(json.dumps(_fit_dict(s), indent=2))
     else:
@@ -137,14 +138,24 @@ def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
 @cli.command()
 @click.argument("user_id")
 @click.option("--tail", "n", default=10, show_default=True, help="Show the last N requests.")
-@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+@click.option("--summary", is_flag=True,
+              help="Total the requests and tokens per day (UTC) and model instead.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the records as JSON lines (with --summary: the totals as JSON).")
 @pass_ctx
-def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
+def outbox(obj: Context, user_id: str, n: int, summary: bool, as_json: bool) -> None:
     """Show what left the device: every request body sent to the LLM, as sent."""
     from hydrahead.runtime.llm.outbox import Outbox, format_record
     from hydrahead.runtime.user_files import OUTBOX_FILE
 
     path = existing_user(obj, user_id) / OUTBOX_FILE
+    if summary:
+        totals = Outbox(path).summary()
+        if as_json:
+            click.echo(json.dumps(totals, indent=2))
+        else:
+            _print_outbox_summary(user_id, totals)
+        return
     records = Outbox(path).tail(n)
     if not records:
         click.echo(f"no requests recorded for {user_id} ({path})")
@@ -152,6 +163,24 @@ def outbox(obj: Context, user_id: str, n: int, as_json: bool) -> None:
         # the whole body, as sent: no width cut
         click.echo(json.dumps(rec) if as_json
                    else format_record(rec, bodies=True, width=sys.maxsize))
+
+
+def _print_outbox_summary(user_id: str, totals: dict[str, Any]) -> None:
+    """The ledger's totals, then one line per day and model."""
+    click.echo(f"{user_id}: {totals['records']} requests ({totals['failed']} without a 2xx "
+               f"answer), {totals['prompt_tokens']} prompt + {totals['completion_tokens']} "
+               f"completion tokens, {totals['bytes_sent']} B sent ({totals['path']})")
+    if totals["unreadable_lines"]:
+        click.echo(f"{totals['unreadable_lines']} unreadable lines skipped")
+    rows = totals["by_day_model"]
+    if not rows:
+        return
+    width = max(len("model"), *(len(r["model"]) for r in rows))
+    click.echo(f"{'day':10}  {'model':{width}}  {'requests':>8}  {'prompt tok':>10}  "
+               f"{'compl. tok':>10}")
+    for r in rows:
+        click.echo(f"{r['day']:10}  {r['model']:{width}}  {r['records']:>8}  "
+                   f"{r['prompt_tokens']:>10}  {r['completion_tokens']:>10}")
 
 
 @cli.command()

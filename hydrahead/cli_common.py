@@ -8,6 +8,7 @@ Everything here is cheap to import (click and :mod:`hydrahead.runtime`'s errors 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,13 @@ pass_ctx = click.make_pass_decorator(Context)
 def echo_err(line: str) -> None:
     """Print a progress or notice line on stderr (stdout stays the command's result)."""
     click.echo(line, err=True)
+
+
+def show_progress(as_json: bool = False) -> bool:
+    """Whether a command shows progress bars: only on a terminal's stderr, never with
+    ``--json`` (nor where there is no stderr at all, as in a windowed app)."""
+    stderr = sys.stderr
+    return not as_json and stderr is not None and stderr.isatty()
 
 
 def pipeline_settings(**options: Any) -> Settings:

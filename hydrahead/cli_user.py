@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from hydrahead.cli_common import Context, Group, pass_ctx
+from hydrahead.cli_common import Context, Group, pass_ctx, show_progress
 
 
 def existing_user(obj: Context, user_id: str) -> Path:
@@ -50,7 +50,7 @@ def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str
     from hydrahead.runtime.importing import import_file
 
     n = import_file(user_id, file, task=task, lamp_user=lamp_user, root=obj.root,
-                    bundle=obj.bundle_dir, progress=not as_json)
+                    bundle=obj.bundle_dir, progress=show_progress(as_json))
     if as_json:
         click.echo(json.dumps({"user": user_id, "imported": n}))
     else:
@@ -75,7 +75,9 @@ def user_list(obj: Context, as_json: bool) -> None:
 @click.argument("user_id")
 @click.argument("query")
 @click.option("-k", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print the hits as JSON: "score" (cosine), "id", "text", "timestamp" and the '
+                   'record\'s own "fields".')
 @pass_ctx
 def user_search(obj: Context, user_id: str, query: str, k: int, as_json: bool) -> None:
     """Search a user's history (nothing leaves the device)."""
@@ -88,9 +90,10 @@ def user_search(obj: Context, user_id: str, query: str, k: int, as_json: bool) -
         user_id, encoder=Encoder(Bundle.open(obj.bundle_dir)), root=obj.root
     ) as store:
         hits = store.search(query, k=k)
-    if as_json:
-        click.echo(json.dumps([{"score": h.score, **h.record.to_dict()} for h in hits],
-                              ensure_ascii=False))
+    if as_json:  # the record's own fields apart: a field named "score" keeps its value
+        click.echo(json.dumps([{"score": h.score, "id": h.record.id, "text": h.record.text,
+                                "timestamp": h.record.timestamp, "fields": h.record.fields}
+                               for h in hits], ensure_ascii=False))
         return
     for hit in hits:
         click.echo(f"{hit.score:.3f}  {hit.record.id}  {short(hit.record.text)}")

@@ -15,6 +15,8 @@ beyond the prompt are read only by the adapter, locally.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,7 +38,7 @@ from .encoder import Encoder
 from .errors import InvalidInputError, LLMResponseError
 from .heads import Head
 from .labeling import query_seed
-from .llm.client import LLMClient
+from .llm.client import Completion, LLMClient
 from .records import Hit, Record
 from .settings import Settings
 from .store import HistoryStore
@@ -207,27 +209,31 @@ class AskPipeline:
     def ask(self, query: str, client: Callable[[], LLMClient]) -> Answer:
         """:meth:`prepare`, the LLM call(s), :meth:`choose`.
 
-        Two requests go out with the same prompt: the greedy answer (``n=1``, temperature 0;
-        skipped when ``greedy`` is off) and ``n`` samples at ``temperature``.
+        Two requests go out at once with the same prompt: the greedy answer (``n=1``,
+        temperature 0; skipped when ``greedy`` is off) and ``n`` samples at ``temperature``
+        (:func:`_complete_at_once`), so the answer costs one round trip.
 
         Args:
             query: The query.
             client: Returns the LLM client; called after :meth:`prepare`, so that a bad query
                 is refused before any LLM is set up.
+
+        Raises:
+            InvalidInputError: for an empty or non-string query.
+            LLMError: when a request gets no usable answer (the greedy request's error first,
+                as when the two went one after the other); raised once both have finished.
         """
         s = self.settings
         t0 = time.perf_counter()
         prepared = self.prepare(query)
         t1 = time.perf_counter()
         llm = client()
-        seed = query_seed(query, s.seed)
-        sources = [it.record.id for it in prepared.items]
-        calls = []
+        common = {"max_tokens": s.max_tokens, "seed": query_seed(query, s.seed),
+                  "sources": [it.record.id for it in prepared.items]}
+        requests = [{"n": s.n, "temperature": s.temperature, **common}]
         if s.greedy:
-            calls.append(llm.complete(prepared.prompt, n=1, temperature=0.0,
-                                      max_tokens=s.max_tokens, seed=seed, sources=sources))
-        calls.append(llm.complete(prepared.prompt, n=s.n, temperature=s.temperature,
-                                  max_tokens=s.max_tokens, seed=seed, sources=sources))
+            requests.insert(0, {"n": 1, "temperature": 0.0, **common})
+        calls = _complete_at_once(llm, prepared.prompt, requests)
         t2 = time.perf_counter()
         greedy = calls[0].texts[0] if s.greedy and calls[0].texts else None
         answer = self.choose(prepared, calls[-1].texts, greedy=greedy,
@@ -276,6 +282,34 @@ class AskPipeline:
             answers = [self.task.answer_of(r) for r in self.store.iter()]
             self._answer_counts = (generation, answer_counts(self.task, answers))
         return self._answer_counts[1]
+
+
+def _complete_at_once(llm: LLMClient, prompt: str, requests: Sequence[dict[str, Any]]
+                      ) -> list[Completion]:
+    """``llm.complete(prompt, **r)`` for each of ``requests``, all at once; in their order.
+
+    The last request (the samples) is sent from this thread, the others (the greedy answer,
+    ``n=1``: it makes no extra calls, so it never waits on the pool it runs on) from the
+    client's thread pool (:meth:`LLMClient.submit`). It returns or raises only once every
+    request has finished, so that no request is still running behind the caller; the first
+    request's error in their order is raised, whichever failed first in time.
+    """
+    *others, last = requests
+    futures = [llm.submit(functools.partial(llm.complete, prompt, **r)) for r in others]
+    error: Exception | None = None
+    try:
+        final = llm.complete(prompt, **last)
+    except Exception as exc:  # raised below, after the others' errors
+        error = exc
+    finally:
+        concurrent.futures.wait(futures)  # also on KeyboardInterrupt: nothing left running
+    for future in futures:
+        failed = future.exception()
+        if failed is not None:
+            raise failed
+    if error is not None:
+        raise error
+    return [f.result() for f in futures] + [final]
 
 
 def _pick(candidates: Sequence[Candidate]) -> Candidate:

@@ -30,6 +30,7 @@ the top ``m`` reranked records (adapter); nothing else leaves the device.
 
 from __future__ import annotations
 
+import sys
 import threading
 import zlib
 from collections import Counter
@@ -191,7 +192,8 @@ class Labeler:
         items_per_query: Records judged one by one per reranker query.
         reranker_rule: ``"graded"`` or ``"binary"`` (see the module docstring).
         adapter_share: Share of the budget spent on adapter labels.
-        progress: Show progress bars.
+        progress: Show progress bars on ``sys.stderr`` (off by default: a library stays
+            quiet; never where there is no stderr, as in pythonw or a windowed app).
         questions: Labelling queries besides the user's records, used first.
         concurrency: Requests in flight at once (default: the client's ``max_concurrency``).
     """
@@ -207,7 +209,7 @@ class Labeler:
         items_per_query: int = 4,
         reranker_rule: str = "graded",
         adapter_share: float = 0.5,
-        progress: bool = True,
+        progress: bool = False,
         questions: Sequence[Question] = (),
         concurrency: int | None = None,
     ) -> None:
@@ -318,7 +320,7 @@ class Labeler:
 
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="hydrahead-label") as pool:
             results = list(tqdm(pool.map(one, requests), total=len(requests), desc=desc,
-                                unit="request", disable=not self.progress))
+                                unit="request", disable=not self.progress or sys.stderr is None))
         cut = next((i for i, r in enumerate(results) if r is None), len(results))
         return results[:cut] + [None] * (len(results) - cut)
 

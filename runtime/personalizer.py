@@ -258,8 +258,9 @@ class Personalizer:
     def ask(self, query: str) -> Answer:
         """Answer ``query`` for this user: :meth:`prepare`, the LLM call(s), :meth:`choose`.
 
-        Two requests go out with the same prompt: the greedy answer (``n=1``, temperature 0;
-        skipped when ``greedy`` is off) and ``n`` samples at ``temperature``.
+        Two requests go out at the same time with the same prompt: the greedy answer (``n=1``,
+        temperature 0; skipped when ``greedy`` is off) and ``n`` samples at ``temperature``; the
+        ask takes about as long as one request.
 
         Returns:
             The chosen answer, the exact prompt that left the device, the candidates with their
@@ -293,12 +294,13 @@ class Personalizer:
         return self.candidates.vectors(texts)
 
     # ------------------------------------------------------------------ fit / feedback
-    def fit(self, budget: int = 200, *, progress: bool = True, **label_options: Any) -> FitSummary:
+    def fit(self, budget: int = 200, *, progress: bool = False, **label_options: Any) -> FitSummary:
         """Fit both heads from LLM-made labels on this user's own history.
 
         Args:
             budget: Most LLM calls to spend (responses are cached: a refit costs none).
-            progress: Show a progress bar.
+            progress: Show progress bars on ``sys.stderr`` (never where there is none, as in
+                pythonw or a windowed app).
             **label_options: Passed to :class:`Labeler` (e.g. ``reranker_rule="binary"``,
                 ``items_per_query``, ``adapter_share``).
         """

@@ -85,7 +85,13 @@ class UserHeads(Mapping[str, Head]):
         self.directory = make_private_dir(self.files.heads)
         self.refitted: dict[str, FitReport | None] = {}
         self.stale: list[str] = []
-        self.choices = Choices.load(self.files.choices)
+        try:
+            self.choices = Choices.load(self.files.choices)
+        except HeadError as exc:  # never lock a user out: base heads until the next fit
+            logger.warning("%s; until then %s answers with the shared base heads", exc,
+                           store.directory.name)
+            self.choices = Choices({role: RoleCheck(False, "the choices file was unreadable")
+                                    for role in ROLES})
         self._heads = {role: self._load(role) for role in ROLES}
         self._fitted: frozenset[str] = frozenset(ROLES)  # roles answering with the user's head
         if self.refitted:

@@ -69,7 +69,7 @@ def test_async_personalizer_does_not_block_the_loop(tmp_path: Path, bundle_dir: 
 
         during, (answer, elapsed), hits = asyncio.run(main())
     assert answer.answer is not None and len(hits) == 3
-    assert elapsed >= 0.8  # two LLM requests of 0.4 s each
+    assert elapsed >= 0.4  # two LLM requests of 0.4 s each, sent at once
     # The loop kept serving other coroutines meanwhile (blocked, it would count none; the
     # bound is loose so that a busy machine cannot fail it).
     assert during >= 10

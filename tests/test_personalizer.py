@@ -78,7 +78,8 @@ def test_ask_sends_exactly_the_reranked_items(tmp_path, bundle, encoder, server,
     assert [it.rerank_score for it in a.items] == sorted(
         (it.rerank_score for it in a.items), reverse=True
     )
-    body = server.captured[-1].json()
+    # the greedy and the sampling requests go out at once: find the samples' by n
+    body = next(c.json() for c in server.captured if c.json()["n"] != 1)
     assert body["messages"] == [{"role": "user", "content": a.prompt}]
     assert body["n"] == 8
     sent = body["messages"][0]["content"]
@@ -303,9 +304,9 @@ def test_cold_start_adapter_answers_what_the_llm_answers(
     """Unfitted, the adapter picks the LLM's temperature-0 answer even when the samples vote
     otherwise, so the base pipeline is dense RAG; without it, the most voted sample."""
     samples = chat_reply(["doc", "tests", "doc", "gitk", "refs", "doc", "tests", "doc"])
-    with FaultServer(default=samples) as fault:
-        if greedy:
-            fault.script(chat_reply(["refs"]))
+    # the two requests go out at once: each is answered by what it asks for, not by arrival
+    with FaultServer(default=lambda req: chat_reply(["refs"]) if req.json()["n"] == 1
+                     else samples) as fault:
         with _open(
             tmp_path, bundle, encoder, fault.url, greedy=greedy,
             llm_options=dict(FAST_RETRY, max_extra_calls=0)
@@ -313,7 +314,7 @@ def test_cold_start_adapter_answers_what_the_llm_answers(
             import_records(p.store, p.task, user["history"])
             a = p.ask(user["queries"][0]["query"])
         sent = [r.json() for r in fault.captured]
-    assert [(b["n"], b["temperature"]) for b in sent] == ([(1, 0.0)] if greedy else []) + [(8, 1.0)]
+    assert sorted((b["n"], b["temperature"]) for b in sent) == ([(1, 0.0)] if greedy else []) + [(8, 1.0)]
     assert len({b["messages"][0]["content"] for b in sent}) == 1  # one prompt, asked twice
     assert a.answer == expected == a.candidates[0].text
     assert a.candidates[0].features["llm_greedy"] == float(greedy)

@@ -175,3 +175,23 @@ def test_compare_rerankers_asks_end_to_end_and_shares_identical_prompts(
         assert np.mean(quality["near"]) > np.mean(quality["far"])  # near examples help here
         per_prompt = 1 + int(p.settings.greedy)
         assert server.hits == 4 * 2 * per_prompt  # "same" shared "near"'s requests
+
+
+def test_an_unreadable_choices_file_never_locks_the_user_out(tmp_path: Path, bundle_dir,
+                                                             caplog) -> None:
+    user = make_user(2)
+    with FaultServer(default=_simulator_reply(SimulatedLLM(), records_hurt=False)) as server:
+        config = LLMConfig.from_env(base_url=server.url)
+        with Personalizer.open("w", bundle=Bundle.open(bundle_dir), task="GIT_area",
+                               root=tmp_path, llm=config) as p:
+            import_records(p.store, p.task, user["history"])
+            p.fit(budget=60, progress=False)
+        choices = tmp_path / "users" / "w" / "heads" / "choices.json"
+        choices.write_text('{"format": "hydrahead-choices", "version": 1, "roles": [')
+        with Personalizer.open("w", bundle=Bundle.open(bundle_dir), task="GIT_area",
+                               root=tmp_path, llm=config) as p:
+            assert "choices.json" in caplog.text and "base heads" in caplog.text
+            assert all(p.heads[r] is p.heads.base[r] for r in p.heads)
+            assert p.ask(user["queries"][0]["query"]).answer is not None
+            p.fit(budget=60, progress=False)  # the next fit writes it again
+        assert Choices.load(choices).roles

@@ -60,12 +60,12 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from types import TracebackType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import requests
 import urllib3
@@ -100,6 +100,8 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -322,11 +324,23 @@ class LLMClient:
 
         if len(bodies) == 1:
             return [one(bodies[0])]
+        return list(self._executor().map(one, bodies))
+
+    def submit(self, fn: Callable[[], _T]) -> Future[_T]:
+        """Run ``fn()`` on the client's thread pool, the one its extra calls use.
+
+        Its threads keep their HTTP sessions from call to call (a fresh thread would open a new
+        connection, held until :meth:`close`). ``fn`` must not wait on the pool itself: a
+        :meth:`complete` call with ``n=1`` never does (it makes no extra calls).
+        """
+        return self._executor().submit(fn)
+
+    def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.config.max_concurrency,
                                                 thread_name_prefix="hydrahead-llm")
-        return list(self._pool.map(one, bodies))
+            return self._pool
 
     def close(self) -> None:
         """Close the HTTP sessions and the extra-call pool (the cache and outbox belong to the

@@ -217,32 +217,29 @@ class Outbox:
         return list(collections.deque(self.records(), maxlen=n))
 
     def summary(self) -> dict[str, Any]:
-        """Totals over the ledger: counts, bytes, time span and unreadable lines."""
+        """Totals over the ledger: counts, bytes, tokens, time span and unreadable lines.
+
+        ``by_day_model`` breaks the same totals down per UTC day (of the attempt's ``time``)
+        and model (the ``model`` the request asked for; ``"?"`` where the request body is not
+        JSON), one row each, sorted by day then model.
+        """
         out: dict[str, Any] = {
-            "path": str(self.path), "enabled": self.enabled, "records": 0, "answered_2xx": 0,
-            "failed": 0, "bytes_sent": 0, "bytes_received": 0, "prompt_tokens": 0,
-            "completion_tokens": 0, "first": None, "last": None, "unreadable_lines": 0,
+            "path": str(self.path), "enabled": self.enabled, **_totals(), "first": None,
+            "last": None, "unreadable_lines": 0,
         }
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
         for rec in self._scan():
             if rec is None:
                 out["unreadable_lines"] += 1
                 continue
-            out["records"] += 1
-            status = rec.get("status")
-            if isinstance(status, int) and 200 <= status < 300:
-                out["answered_2xx"] += 1
-            else:
-                out["failed"] += 1
-            out["bytes_sent"] += int(rec.get("bytes_sent") or 0)
-            out["bytes_received"] += int(rec.get("bytes_received") or 0)
-            usage = rec.get("usage")
-            if not isinstance(usage, dict):
-                usage = {}
-            for name in ("prompt_tokens", "completion_tokens"):
-                if isinstance(usage.get(name), int):
-                    out[name] += usage[name]
+            day = str(rec.get("time") or "?")[:10]
+            model = _model_of(rec.get("request"))
+            row = rows.setdefault((day, model), {"day": day, "model": model, **_totals()})
+            _add(out, rec)
+            _add(row, rec)
             out["first"] = out["first"] or rec.get("time")
             out["last"] = rec.get("time")
+        out["by_day_model"] = [rows[key] for key in sorted(rows)]
         return out
 
     def _scan(self) -> Iterator[dict[str, Any] | None]:
@@ -268,6 +265,40 @@ class Outbox:
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r}, enabled={self.enabled})"
+
+
+def _totals() -> dict[str, int]:
+    """The counters :meth:`Outbox.summary` keeps, at zero."""
+    return {"records": 0, "answered_2xx": 0, "failed": 0, "bytes_sent": 0, "bytes_received": 0,
+            "prompt_tokens": 0, "completion_tokens": 0}
+
+
+def _add(totals: dict[str, Any], rec: Mapping[str, Any]) -> None:
+    """Count one ledger record into ``totals`` (see :func:`_totals`)."""
+    totals["records"] += 1
+    status = rec.get("status")
+    if isinstance(status, int) and 200 <= status < 300:
+        totals["answered_2xx"] += 1
+    else:
+        totals["failed"] += 1
+    totals["bytes_sent"] += int(rec.get("bytes_sent") or 0)
+    totals["bytes_received"] += int(rec.get("bytes_received") or 0)
+    usage = rec.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    for name in ("prompt_tokens", "completion_tokens"):
+        if isinstance(usage.get(name), int):
+            totals[name] += usage[name]
+
+
+def _model_of(request: object) -> str:
+    """The model a recorded request body asked for (``"?"`` if it names none)."""
+    try:
+        body = json.loads(request) if isinstance(request, str) else None
+    except ValueError:
+        body = None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) and model else "?"
 
 
 def format_record(record: dict[str, Any], *, bodies: bool = False, width: int = 200) -> str:
