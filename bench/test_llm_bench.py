@@ -15,7 +15,9 @@ simulator's, so only the timings mean anything here.
   ONE prompt-baseline request (the ask's own prompt, ``n=1``, temperature 0: what an app sends
   without hydrahead) and against ``ask()`` with its two requests one after the other (as before
   issue 17), interleaved query by query; no response cache, the outbox on. Target: <= 1.1x the
-  one request.
+  one request. And the one-request mode (``ask(greedy=False)``: the samples only), timed in the
+  same rounds, with its prompt tokens against the one request's. Target: <= 1.05x its prompt
+  tokens.
 
 Run: ``python -m pytest bench/test_llm_bench.py --benchmark-only -s``.
 """
@@ -126,7 +128,8 @@ def test_ask_end_to_end_against_one_request(benchmark, bundle_dir: Path, tmp_pat
     user = make_user(3)
     queries = itertools.cycle([q["query"] for q in user["queries"]])
     seeds = itertools.count()
-    timings: dict[str, list[float]] = {"one_request": [], "one_after_the_other": []}
+    timings: dict[str, list[float]] = {"one_request": [], "one_after_the_other": [],
+                                       "one_request_mode": []}
     tokens: dict[str, int] = {}
     with FaultServer(default=slow_simulator()) as server, Personalizer.open(
             "u", bundle=Bundle.open(bundle_dir), task="GIT_area", root=tmp_path,
@@ -148,6 +151,13 @@ def test_ask_end_to_end_against_one_request(benchmark, bundle_dir: Path, tmp_pat
                 tokens["one_request_prompt"] = baseline.prompt_tokens
 
             timed("one_request", one_request)
+
+            def one_request_mode() -> None:
+                answer = p.ask(query, greedy=False)
+                assert answer.llm_requests == 1
+                tokens["one_request_mode_prompt"] = answer.prompt_tokens
+
+            timed("one_request_mode", one_request_mode)
             monkeypatch.setattr(ask_pipeline, "_complete_at_once", _one_after_the_other)
             try:
                 timed("one_after_the_other", lambda: p.ask(query))
@@ -172,6 +182,11 @@ def test_ask_end_to_end_against_one_request(benchmark, bundle_dir: Path, tmp_pat
         "target": 1.1,
         "prompt_tokens_ask": tokens["ask_prompt"],
         "prompt_tokens_one_request": tokens["one_request_prompt"],
+        "one_request_mode_s": round(median(timings["one_request_mode"]), 3),
+        "prompt_tokens_one_request_mode": tokens["one_request_mode_prompt"],
+        "one_request_mode_prompt_tokens_vs_one_request": round(
+            tokens["one_request_mode_prompt"] / tokens["one_request_prompt"], 3),
+        "prompt_tokens_target": 1.05,
     }
     benchmark.extra_info.update(info)
     print(json.dumps({"bench": "ask_end_to_end", **info}))

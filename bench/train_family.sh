@@ -6,6 +6,9 @@
 #   OUT/matched/<member>/   bases trained with that member's labels (every task)
 #   OUT/transfer/<member>/  bases trained with every OTHER member's labels: leave one LLM out
 #   OUT/loto/<task>/        bases trained with every member's labels on every OTHER task
+#   OUT/shipped/all/        bases trained with every member's labels on every task: the bases
+#                           `hydrahead export bundle` ships (export/shipped_bases/, copied there
+#                           by bench/train_shipped.sh)
 #
 #   bash bench/train_family.sh [DATA] [OUT] [WORK]
 #
@@ -23,7 +26,7 @@
 #   SHARDS     label each (member, task) in this many shards at once (`train labels --shard
 #              i/n`), merged with `train merge` (default 1)
 #   BUDGET     LLM calls per labelled user (default 200); WORKERS users at once per process (2)
-#   PROTOCOLS  which bundles to build (default "matched transfer loto")
+#   PROTOCOLS  which bundles to build (default "matched transfer loto"; "shipped" also exists)
 #   HYDRAHEAD_BUNDLE  the bundle whose encoder embeds and whose bases label (default
 #              .hydrahead-cache/test-bundle); every protocol bundle is a copy of it with
 #              trained bases
@@ -130,7 +133,13 @@ for protocol in $PROTOCOLS; do
             done
             build loto "$task" "${inputs[@]}"
         done ;;
-    *) echo "unknown protocol $protocol (matched, transfer, loto)" >&2; exit 2 ;;
+    shipped)
+        inputs=()
+        for member in "${MEMBER_LIST[@]}"; do
+            for task in "${TASK_LIST[@]}"; do inputs+=("$WORK/labels/$member/$task.npz"); done
+        done
+        build shipped all "${inputs[@]}" ;;
+    *) echo "unknown protocol $protocol (matched, transfer, loto, shipped)" >&2; exit 2 ;;
     esac
 done
 echo "protocol bundles in $OUT: evaluate with" >&2

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hydrahead.export.bases import add_untrained_bases
+from hydrahead.export.trained import add_trained_bases
 from hydrahead.runtime._optional import require
 from hydrahead.runtime.bundle import Bundle, write_manifest
 from hydrahead.runtime.encoder import ENCODER_KIND, ENCODER_MODEL, Encoder
@@ -311,8 +312,13 @@ def build_bundle(
     overwrite: bool = False,
     keep_fp32: bool = False,
     before_publish: Callable[[Path], None] | None = None,
+    untrained: bool = False,
 ) -> Path:
     """Export the bundle into ``out_dir``: the int8 encoder plus the reranker/adapter bases.
+
+    The bases are the trained ones hydrahead ships (:data:`hydrahead.export.trained.SHIPPED_BASES`)
+    unless ``untrained``: then the reranker's base scores by the cosine alone and the adapter's
+    by the greedy answer's agreement (unfitted, the pipeline is plain dense RAG).
 
     Args:
         out_dir: Target directory; must not exist or be empty unless ``overwrite``.
@@ -323,6 +329,7 @@ def build_bundle(
             complete).
         keep_fp32: Also leave the fp32 model in ``out_dir`` as ``encoder.fp32.onnx`` (not
             listed in the manifest; the benchmarks compare against it).
+        untrained: Ship untrained bases instead of the trained ones.
         before_publish: Called with the staging directory once it holds a valid encoder
             bundle, before it is moved into place; add more models there with
             ``Bundle.add_model(staging, ...)`` (``Encoder(staging)`` works too). If it raises,
@@ -366,7 +373,10 @@ def build_bundle(
             "quality": quality,
         }
         write_manifest(staging, {ENCODER_MODEL: spec})
-        add_untrained_bases(staging)
+        if untrained:
+            add_untrained_bases(staging)
+        else:
+            add_trained_bases(staging)
         if before_publish is not None:
             before_publish(staging)
         Bundle.open(staging, verify=True)  # what we ship must open

@@ -36,9 +36,11 @@ class MadeBundle:
 
 
 def make_bundle(out: str | os.PathLike[str], *, overwrite: bool = False,
-                sign_key: str | os.PathLike[str] | None = None) -> MadeBundle:
-    """Export the int8 encoder and the shared bases into ``out``, then sign it with
-    ``sign_key`` (a key from ``hydrahead bundle keygen``) if given.
+                sign_key: str | os.PathLike[str] | None = None,
+                untrained: bool = False) -> MadeBundle:
+    """Export the int8 encoder and the shared bases (the trained ones hydrahead ships, or
+    untrained ones with ``untrained``) into ``out``, then sign it with ``sign_key`` (a key from
+    ``hydrahead bundle keygen``) if given.
 
     Raises:
         ExportError: the exporter or the model weights are missing (the message says how to
@@ -52,7 +54,7 @@ def make_bundle(out: str | os.PathLike[str], *, overwrite: bool = False,
     from hydrahead.runtime.bundle_signing import sign_bundle
 
     t0 = time.perf_counter()
-    path = build_bundle(out, overwrite=overwrite)
+    path = build_bundle(out, overwrite=overwrite, untrained=untrained)
     key_id = sign_bundle(path, sign_key) if sign_key else None
     return MadeBundle(path, time.perf_counter() - t0, key_id)
 

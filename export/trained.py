@@ -1,5 +1,6 @@
-"""A bundle with trained shared bases: a copy of a bundle whose reranker and adapter bases are
-the ones ``hydrahead train fit`` wrote (``hydrahead train export``).
+"""Trained shared bases in a bundle: the ones every bundle ships (:data:`SHIPPED_BASES`, put in
+by ``hydrahead export bundle``), or any that ``hydrahead train fit`` wrote, in a copy of a bundle
+(``hydrahead train export``).
 
 Each base goes through its parity gate on the way in (:func:`~hydrahead.export.bases.write_base`
 for fast-mode bases, :func:`~hydrahead.export.cross_base.write_cross_base` for cross-mode ones),
@@ -22,6 +23,43 @@ from .bases import write_base
 
 TRAINING_REPORT = "training.json"  # what hydrahead.train.trainer.train writes beside the bases
 
+# The bases `hydrahead export bundle` ships: fast-mode bases trained on labels of every member of
+# the offline simulator family on both git-lamp tasks' training users (bench/train_shipped.sh
+# rebuilds them; bench/QUALITY.md evaluates them on the dev users).
+SHIPPED_BASES = Path(__file__).resolve().parent / "shipped_bases"
+
+
+def add_trained_bases(bundle_root: str | Path, trained: str | Path = SHIPPED_BASES, *,
+                      metrics: str | Path | None = None) -> list[str]:
+    """Write the trained bases of ``trained`` into the bundle at ``bundle_root``, in place.
+
+    Args:
+        bundle_root: A bundle with its encoder (a staging directory while one is being built).
+        trained: A directory with ``training.json`` and, per role, ``<role>.npz`` (fast mode)
+            or ``<role>.cross/`` (cross mode); by default the bases hydrahead ships.
+        metrics: A quality run's JSON whose ``summary`` goes into each base's manifest entry.
+
+    Returns:
+        The roles written, in the training report's order.
+
+    Raises:
+        ExportError: ``trained`` holds no training report (for the shipped bases: the package
+            lost them; ``bench/train_shipped.sh`` rebuilds them, or build with ``--untrained``),
+            or a base fails its parity gate.
+    """
+    trained = Path(trained)
+    report_path = trained / TRAINING_REPORT
+    if not report_path.is_file():
+        raise ExportError(f"no trained bases at {trained} ({TRAINING_REPORT} is missing): rebuild "
+                          "them with bench/train_shipped.sh, or build the bundle with "
+                          "--untrained (untrained=True)")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    dev = (json.loads(Path(metrics).read_text(encoding="utf-8"))["summary"] if metrics
+           else None)
+    for role in report["roles"]:
+        _write_trained_base(Path(bundle_root), role, trained, _training_meta(report, role, dev))
+    return list(report["roles"])
+
 
 def bundle_with_trained_bases(bundle: str | Path, trained: str | Path, out: str | Path, *,
                               metrics: str | Path | None = None) -> list[str]:
@@ -42,20 +80,15 @@ def bundle_with_trained_bases(bundle: str | Path, trained: str | Path, out: str 
         ExportError: ``out`` exists, or a base fails its parity gate (then nothing is left at
             ``out``).
     """
-    trained, target = Path(trained), Path(out)
-    report = json.loads((trained / TRAINING_REPORT).read_text(encoding="utf-8"))
-    dev = (json.loads(Path(metrics).read_text(encoding="utf-8"))["summary"] if metrics
-           else None)
+    target = Path(out)
     if target.exists():
         raise ExportError(f"{target} exists; choose a new --out")
     try:
         Bundle.open(bundle).copy_to(target)
-        for role in report["roles"]:
-            _write_trained_base(target, role, trained, _training_meta(report, role, dev))
+        return add_trained_bases(target, trained, metrics=metrics)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return list(report["roles"])
 
 
 def _training_meta(report: dict[str, Any], role: str,

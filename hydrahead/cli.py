@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -62,7 +63,7 @@ def cli(ctx: click.Context, home: str | None, bundle: str | None, verbose: bool)
 
 # ---------------------------------------------------------------------------- helpers
 def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None,
-          model: str | None = None, settings: Settings | None = None):
+          model: str | None = None, settings: Settings | None = None, new_task: bool = False):
     """Open an existing user's Personalizer with ``settings`` (default: the Personalizer's);
     the LLM comes from ``llm_url`` or the environment."""
     from hydrahead.runtime.llm.config import LLMConfig
@@ -78,6 +79,7 @@ def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None,
         root=obj.root,
         llm=config,
         task=resolve_task(user, task, obj.root),
+        new_task=new_task,
         settings=settings,
     )
 
@@ -85,20 +87,22 @@ def _open(obj: Context, user: str, task: str | None, llm_url: str | None = None,
 # ---------------------------------------------------------------------------- fit / ask
 @cli.command()
 @click.argument("user_id")
-@click.option("--task", help="Task (default: the one the history was imported with).")
+@click.option("--task", help="Task (default: the user's one task).")
+@click.option("--new-task", is_flag=True,
+              help="Add --task to a user who has other tasks (its own heads, labels, feedback).")
 @click.option("--budget", default=200, show_default=True, type=click.IntRange(min=0),
               help="Most HTTP requests to send to the LLM (cached answers are free).")
 @click.option("--model", help="Model name (default: $HYDRAHEAD_LLM_MODEL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fit summary as JSON.")
 @with_llm
 @pass_ctx
-def fit(obj: Context, user_id: str, task: str | None, budget: int, model: str | None,
-        as_json: bool, llm_url: str | None, offline: str | None) -> None:
-    """Fit the user's reranker and adapter heads (labels come from the LLM)."""
+def fit(obj: Context, user_id: str, task: str | None, new_task: bool, budget: int,
+        model: str | None, as_json: bool, llm_url: str | None, offline: str | None) -> None:
+    """Fit the user's reranker and adapter heads for a task (labels come from the LLM)."""
     from hydrahead.offline import llm_endpoint
 
     with llm_endpoint(llm_url, offline=offline, announce=echo_err) as (url, _):
-        with _open(obj, user_id, task, llm_url=url, model=model) as p:
+        with _open(obj, user_id, task, llm_url=url, model=model, new_task=new_task) as p:
             s = p.fit(budget=budget, progress=show_progress(as_json))
     if as_json:
         click.echo(json.dumps(_fit_dict(s), indent=2))
@@ -109,25 +113,29 @@ def fit(obj: Context, user_id: str, task: str | None, budget: int, model: str | 
 @cli.command()
 @click.argument("user_id")
 @click.argument("query")
-@click.option("--task", help="Task (default: the one the history was imported with).")
+@click.option("--task", help="Task (default: the user's one task).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.option("--model", help="Model name (default: $HYDRAHEAD_LLM_MODEL).")
 @click.option("-k", "k", type=click.IntRange(min=1), help="History records retrieved (20).")
 @click.option("-m", "m", type=click.IntRange(min=1), help="Records put in the prompt (4).")
 @click.option("-n", "n", type=click.IntRange(min=1), help="Candidates asked of the LLM (8).")
 @click.option("--temperature", type=click.FloatRange(min=0.0), help="Sampling temperature (1.0).")
+@click.option("--one-request", is_flag=True,
+              help="Send the prompt once (the N samples only; no greedy request): the unfitted "
+                   "adapter picks the samples' consensus.")
 @with_llm
 @pass_ctx
 def ask(obj: Context, user_id: str, query: str, task: str | None, as_json: bool,
         model: str | None, k: int | None, m: int | None, n: int | None,
-        temperature: float | None, llm_url: str | None, offline: str | None) -> None:
+        temperature: float | None, one_request: bool, llm_url: str | None,
+        offline: str | None) -> None:
     """Ask a question as this user; prints the answer and the prompt that left the device."""
     from hydrahead.offline import llm_endpoint
 
     settings = pipeline_settings(k=k, m=m, n=n, temperature=temperature)
     with llm_endpoint(llm_url, offline=offline, announce=echo_err) as (url, _):
         with _open(obj, user_id, task, llm_url=url, model=model, settings=settings) as p:
-            a = p.ask(query)
+            a = p.ask(query, greedy=False if one_request else None)
     if as_json:
         click.echo(json.dumps(_answer_dict(a), indent=2))
     else:
@@ -235,12 +243,17 @@ def llm_members() -> None:
 # ---------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--budget", default=120, show_default=True, help="LLM calls for fitting.")
+@click.option("--source", type=click.Path(exists=True, file_okay=False),
+              help="Publish this bundle directory instead of building one (when the app has "
+                   "no bundle yet).")
 @pass_ctx
-def demo(obj: Context, budget: int) -> None:
-    """Build or load the bundle, import a sample history, fit, and ask a few queries."""
+def demo(obj: Context, budget: int, source: str | None) -> None:
+    """Publish a trained bundle and pull it as an app would, import a sample history, and show
+    held-out answers before and after fitting."""
     from hydrahead.demo import run_demo
 
-    run_demo(obj.root, obj.bundle_dir, budget=budget, echo=click.echo)
+    run_demo(obj.root, obj.bundle_dir, budget=budget,
+             source=Path(source) if source else None, echo=click.echo)
 
 
 # ---------------------------------------------------------------------------- printing
@@ -253,13 +266,16 @@ def _print_fit(s: Any) -> None:
         f"({lab.llm_calls_cached} from cache; {lab.requests_sent} requests sent, "
         f"{lab.prompt_tokens + lab.completion_tokens} tokens)"
     )
-    for role, rep in s.reports.items():
-        state = (
-            "kept the shared base head (one class only)"
-            if rep is None
-            else (f"fitted in {rep.seconds * 1e3:.0f} ms ({rep.epochs} epochs)")
-        )
-        click.echo(f"  {role}: {state}; head size {s.head_bytes[role]} bytes")
+    said = {"fitted": "the user's new head answers (the shared base head did)",
+            "refitted": "a new head replaced the user's previous one",
+            "reverted": "the shared base head replaced the user's previous head",
+            "kept-base": "the shared base head still answers"}
+    for role, outcome in s.outcomes.items():
+        rep, check = s.reports.get(role), s.choices.roles.get(role)
+        fitted = "" if rep is None else f"; fitted in {rep.seconds * 1e3:.0f} ms ({rep.epochs} epochs)"
+        reason = f" ({check.reason})" if check is not None else ""
+        click.echo(f"  {role}: {outcome}: {said[outcome]}{reason}{fitted}; head size "
+                   f"{s.head_bytes[role]} bytes")
     if lab.simulated:
         from hydrahead.offline import SIMULATOR_NOTE
 
@@ -272,7 +288,9 @@ def _print_answer(a: Any) -> None:
         from hydrahead.offline import SIMULATOR_NOTE
 
         click.echo(SIMULATOR_NOTE)
-    click.echo(f"local latency: {a.local_ms:.1f} ms (LLM: {a.timings_ms['llm']:.1f} ms)")
+    click.echo(f"local latency: {a.local_ms:.1f} ms (LLM: {a.timings_ms['llm']:.1f} ms; "
+               f"{a.llm_requests} request(s), {a.prompt_tokens} prompt + "
+               f"{a.completion_tokens} completion tokens)")
     click.echo("reranked history records sent:")
     for it in a.items:
         click.echo(f"  {it.rerank_score:.3f}  {it.record.id}  {short(it.record.text, 70)}")
@@ -292,6 +310,8 @@ def _fit_dict(s: Any) -> dict[str, Any]:
                 "completion_tokens": lab.completion_tokens, "simulated": lab.simulated},
         "heads": {role: None if rep is None else {"epochs": rep.epochs, "seconds": rep.seconds}
                   for role, rep in s.reports.items()},
+        "outcomes": {role: {"outcome": outcome, "reason": getattr(
+            s.choices.roles.get(role), "reason", None)} for role, outcome in s.outcomes.items()},
         "head_bytes": s.head_bytes,
     }
 

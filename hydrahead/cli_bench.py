@@ -48,6 +48,9 @@ def bench() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--model", help="Model name for --llm-url (default: $HYDRAHEAD_LLM_MODEL).")
 @click.option("--no-binary", is_flag=True, help="Skip the fit with HYDRA's binary labels.")
+@click.option("--one-request", is_flag=True,
+              help="Also answer in the one-request mode (N samples, no greedy request), base "
+                   "and fitted heads: quality and cost beside the two-request pipeline.")
 @click.option("--out", default="bench/results", show_default=True,
               type=click.Path(file_okay=False), help="Where the JSON, Markdown and PNG go.")
 @click.option("--report", type=click.Path(dir_okay=False),
@@ -67,7 +70,8 @@ def bench() -> None:
 @pass_ctx
 def bench_quality(obj: Context, data: str, task_name: str, split: str, users: int | None,
                   budget: int, k: int, m: int, n: int, seed: int, model: str | None,
-                  no_binary: bool, out: str, report: str | None, family: bool,
+                  no_binary: bool, one_request: bool, out: str, report: str | None,
+                  family: bool,
                   members: str | None, protocol: str, bases: str | None, llm_url: str | None,
                   offline: bool | str | None) -> None:
     """Every system on every question, same LLM and settings: one table, JSON and a chart.
@@ -91,7 +95,7 @@ def bench_quality(obj: Context, data: str, task_name: str, split: str, users: in
     report_path = Path(report) if report else None
     bases_dir = Path(bases) if bases else None
     options: dict[str, Any] = {"split": split, "settings": settings, "budget": budget, "users": users,
-               "compare_binary": not no_binary, "model": model}
+               "compare_binary": not no_binary, "one_request": one_request, "model": model}
     if family or members:
         names = families.member_names(members.split(",") if members else None)
         if protocol == "untrained":

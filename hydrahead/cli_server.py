@@ -42,12 +42,16 @@ def export() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--sign-key", type=click.Path(dir_okay=False, exists=True),
               help="Sign the manifest with this key (from `hydrahead bundle keygen`).")
-def export_bundle(out: str, overwrite: bool, sign_key: str | None) -> None:
-    """Export the int8 encoder and the shared bases into a bundle directory."""
+@click.option("--untrained", is_flag=True,
+              help="Ship untrained bases (unfitted, the pipeline is then plain dense RAG) "
+                   "instead of the trained ones.")
+def export_bundle(out: str, overwrite: bool, sign_key: str | None, untrained: bool) -> None:
+    """Export the int8 encoder and the shared bases (trained, unless --untrained) into a bundle
+    directory."""
     from hydrahead.export.make import make_bundle
 
     logging.getLogger("hydrahead").setLevel(logging.INFO)
-    made = make_bundle(out, overwrite=overwrite, sign_key=sign_key)
+    made = make_bundle(out, overwrite=overwrite, sign_key=sign_key, untrained=untrained)
     signed = f", signed by key {made.key_id}" if made.key_id else ""
     click.echo(f"bundle written to {made.path} in {made.seconds:.1f} s{signed}")
 

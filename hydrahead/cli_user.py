@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from hydrahead.cli_common import Context, Group, pass_ctx, show_progress
+from hydrahead.cli_common import Context, Group, echo_err, pass_ctx, show_progress
 
 
 def existing_user(obj: Context, user_id: str) -> Path:
@@ -42,15 +42,23 @@ def user() -> None:
 @click.option(
     "--lamp-user", help="For a LaMP questions file: whose profile to import (default: USER_ID)."
 )
+@click.option("--labels", type=click.Choice(["refuse", "context"]), default="refuse",
+              show_default=True,
+              help="Records whose answer is outside the task's labels: refuse the import "
+                   "(listing them), or keep them as context (examples without an answer, never "
+                   "fitted on).")
+@click.option("--new-task", is_flag=True,
+              help="Add --task to a user who already has other tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
 def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str | None,
-                as_json: bool) -> None:
+                labels: str, new_task: bool, as_json: bool) -> None:
     """Import history records from JSONL or a LaMP questions file (creates the user)."""
     from hydrahead.runtime.importing import import_file
 
     n = import_file(user_id, file, task=task, lamp_user=lamp_user, root=obj.root,
-                    bundle=obj.bundle_dir, progress=show_progress(as_json))
+                    bundle=obj.bundle_dir, progress=show_progress(as_json), labels=labels,
+                    new_task=new_task)
     if as_json:
         click.echo(json.dumps({"user": user_id, "imported": n}))
     else:
@@ -58,17 +66,27 @@ def user_import(obj: Context, user_id: str, file: str, task: str, lamp_user: str
 
 
 @user.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the ids as a JSON list.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print them as JSON: [{"user": ID, "tasks": [NAME, ...]}, ...].')
 @pass_ctx
 def user_list(obj: Context, as_json: bool) -> None:
-    """List the users under the data root."""
-    from hydrahead.runtime.users import list_users
+    """List the users under the data root, with their tasks."""
+    from hydrahead.runtime.errors import TaskError
+    from hydrahead.runtime.users import list_users, read_tasks, user_path
 
-    names = list_users(obj.root)
+    rows = []
+    for name in list_users(obj.root):
+        try:
+            tasks = [t.name for t in read_tasks(user_path(name, obj.root))]
+        except TaskError as exc:  # one malformed user.json does not hide the other users
+            echo_err(f"{name}: {exc}")
+            tasks = []
+        rows.append({"user": name, "tasks": tasks})
     if as_json:
-        click.echo(json.dumps(names))
-    for name in [] if as_json else names:
-        click.echo(name)
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['user']}  {', '.join(row['tasks']) or '(no task)'}")
 
 
 @user.command("search")

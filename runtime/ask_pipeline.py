@@ -206,17 +206,21 @@ class AskPipeline:
                       candidates=candidates, items=prepared.items, simulated=simulated,
                       context=context)
 
-    def ask(self, query: str, client: Callable[[], LLMClient]) -> Answer:
+    def ask(self, query: str, client: Callable[[], LLMClient], *,
+            greedy: bool | None = None) -> Answer:
         """:meth:`prepare`, the LLM call(s), :meth:`choose`.
 
         Two requests go out at once with the same prompt: the greedy answer (``n=1``,
         temperature 0; skipped when ``greedy`` is off) and ``n`` samples at ``temperature``
-        (:func:`_complete_at_once`), so the answer costs one round trip.
+        (:func:`_complete_at_once`), so the answer costs one round trip. Without the greedy
+        request (the one-request mode) the prompt is sent once, and the unfitted adapter picks
+        the samples' consensus (self-consistency).
 
         Args:
             query: The query.
             client: Returns the LLM client; called after :meth:`prepare`, so that a bad query
                 is refused before any LLM is set up.
+            greedy: Ask for the greedy answer too; ``None``: as the settings say.
 
         Raises:
             InvalidInputError: for an empty or non-string query.
@@ -224,6 +228,9 @@ class AskPipeline:
                 as when the two went one after the other); raised once both have finished.
         """
         s = self.settings
+        with_greedy = s.greedy if greedy is None else greedy
+        if not isinstance(with_greedy, bool):
+            raise InvalidInputError(f"greedy must be True, False or None, got {greedy!r}")
         t0 = time.perf_counter()
         prepared = self.prepare(query)
         t1 = time.perf_counter()
@@ -231,12 +238,12 @@ class AskPipeline:
         common = {"max_tokens": s.max_tokens, "seed": query_seed(query, s.seed),
                   "sources": [it.record.id for it in prepared.items]}
         requests = [{"n": s.n, "temperature": s.temperature, **common}]
-        if s.greedy:
+        if with_greedy:
             requests.insert(0, {"n": 1, "temperature": 0.0, **common})
         calls = _complete_at_once(llm, prepared.prompt, requests)
         t2 = time.perf_counter()
-        greedy = calls[0].texts[0] if s.greedy and calls[0].texts else None
-        answer = self.choose(prepared, calls[-1].texts, greedy=greedy,
+        greedy_text = calls[0].texts[0] if with_greedy and calls[0].texts else None
+        answer = self.choose(prepared, calls[-1].texts, greedy=greedy_text,
                              simulated=any(c.simulated for c in calls))
         t3 = time.perf_counter()
         answer.timings_ms = {"prepare": (t1 - t0) * 1e3, "llm": (t2 - t1) * 1e3,

@@ -2,8 +2,8 @@
 
 A user's directory holds copies of history text outside SQLite and the index:
 
-* ``heads/labels.npz`` and ``heads/feedback.npz``: the labels the heads were fitted on and the
-  user's feedback, with the texts of their query and item records. Every label group that holds
+* ``heads/<task>/labels.npz`` and ``heads/<task>/feedback.npz`` of every task of the user: the
+  labels the heads were fitted on and the user's feedback, with the texts of their query and item records. Every label group that holds
   a deleted record is dropped.
 * ``llm_cache.sqlite``: answers to prompts that held the record. Each entry lists the records its
   prompt held (the ``sources`` the client was given); entries listing a deleted record are
@@ -26,7 +26,8 @@ from pathlib import Path
 from .label_file import drop_records
 from .llm.cache import ResponseCache
 from .llm.outbox import Outbox
-from .user_files import CACHE_FILE, FEEDBACK_FILE, LABELS_FILE, OUTBOX_FILE, PRIVATE_TEXT_FILES
+from .user_files import (CACHE_FILE, FEEDBACK_FILE, LABELS_FILE, OUTBOX_FILE, PRIVATE_TEXT_FILES,
+                         UserFiles)
 
 __all__ = ["ERASERS", "erase_from_user_files"]
 
@@ -66,5 +67,9 @@ def erase_from_user_files(directory: Path, erased: Sequence[tuple[str, str]]) ->
     if not erased:
         return
     records = dict(erased)
+    files = UserFiles(directory)
+    task_dirs = list(files.task_dirs())
     for name in PRIVATE_TEXT_FILES:
-        ERASERS[name](directory / name, records)
+        where = task_dirs if name in (LABELS_FILE, FEEDBACK_FILE) else [directory]
+        for folder in where:
+            ERASERS[name](folder / name, records)

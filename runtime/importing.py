@@ -22,7 +22,7 @@ from .records import Record, as_records
 from .store import HistoryStore
 from .tasks import Task, get_task
 from .tasks.lamp import LampQuestion, load_lamp_questions
-from .users import remember_task
+from .users import bind_task, task_spec_reference
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -147,13 +147,18 @@ def _jsonl_records(path: Path, task: Task) -> Iterator[Record]:
             raise InvalidInputError(f"{where}: {exc}") from None
 
 
-def _check_jsonl(path: Path, task: Task) -> int:
-    """Read the whole file once, checking every record and that ids are unique; the count."""
+def _check_jsonl(path: Path, task: Task, labels: str) -> int:
+    """Read the whole file once, checking every record, its answer against the task's labels
+    (``labels`` policy) and that ids are unique; the count."""
     seen: set[str] = set()
+    foreign = []
     for record in _jsonl_records(path, task):
         if record.id in seen:
             raise InvalidInputError(f"{path}: record id {record.id!r} appears twice")
         seen.add(record.id)
+        if labels == "refuse" and task.foreign_records([record]):
+            foreign.append(record)
+    task.check_records(foreign, labels)
     return len(seen)
 
 
@@ -167,6 +172,8 @@ def import_file(
     bundle: str | os.PathLike[str] | None = None,
     encoder: Any = None,
     progress: bool = False,
+    labels: str = "refuse",
+    new_task: bool = False,
 ) -> int:
     """Import a JSONL file of records or a LaMP questions file into ``user_id``'s store.
 
@@ -174,24 +181,34 @@ def import_file(
         user_id: The hydrahead user to import into.
         path: ``*.jsonl`` (one record per line, task-shaped fields) or a LaMP
             ``*_questions.json`` file.
-        task: Task name or spec path; remembered for later ``fit``/``ask``.
+        task: Task name or spec path; recorded for the user (later ``fit``/``ask`` need not
+            name it). A user who has other tasks gets it only with ``new_task``.
         lamp_user: The LaMP ``user_id`` whose profile to import (default: ``user_id``).
         root: Data root.
         bundle: Bundle directory (needed unless ``encoder`` is given).
         encoder: An already loaded encoder.
         progress: Show a progress bar.
+        labels: Records whose answer is outside the task's labels are refused (``"refuse"``:
+            nothing is written) or kept as context (``"context"``; see
+            :meth:`~hydrahead.runtime.tasks.Task.check_records`).
+        new_task: Add ``task`` to a user who already has other tasks.
 
     Returns:
         Number of records imported.
+
+    Raises:
+        InvalidInputError: a bad record (named), or answers outside the labels (listed).
+        TaskError: the user has other tasks and ``new_task`` is off.
     """
     task_obj = task if isinstance(task, Task) else get_task(task)
     p = Path(path)
     if p.suffix == ".jsonl":  # streamed twice: checked whole, then added batch by batch
-        total = _check_jsonl(p, task_obj)
+        total = _check_jsonl(p, task_obj, labels)
         records: Iterable[Record] = _jsonl_records(p, task_obj)
     else:
         records = _checked_records(task_obj, lamp_profile(load_lamp_questions(p),
                                                           lamp_user or user_id))
+        task_obj.check_records(records, labels)
         total = len(records)
     if encoder is None:
         from .encoder import Encoder
@@ -200,14 +217,6 @@ def import_file(
             raise InvalidInputError("import_file needs a bundle directory or an encoder")
         encoder = Encoder(bundle)
     with HistoryStore.for_user(user_id, encoder=encoder, root=root) as store:
+        bind_task(store.directory, task_obj, task_spec_reference(task), new_task=new_task)
         n = _add_in_batches(store, records, total, progress)
-    remember_task(user_id, _task_reference(task, task_obj), root)
     return n
-
-
-def _task_reference(task: str | Task, task_obj: Task) -> str:
-    """What to remember: a task spec file by its absolute path (so that commands run from
-    another directory find it), any other task by name."""
-    if isinstance(task, str) and Path(task).is_file():
-        return str(Path(task).resolve())
-    return task if isinstance(task, str) else task_obj.name

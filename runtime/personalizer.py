@@ -35,7 +35,7 @@ from .ask_pipeline import Answer, AskPipeline, Candidate, Prepared, RankedItem
 from .bundle import Bundle
 from .candidate_cache import CandidateCache
 from .encoder import Encoder
-from .errors import InvalidInputError
+from .errors import InvalidInputError, TaskError
 from .feedback import feedback_pairs
 from .fitting import FitReport
 from .labeling import Labeler, LabelSet
@@ -44,13 +44,13 @@ from .llm.client import LLMClient
 from .llm.config import LLMConfig
 from .llm.outbox import Outbox
 from .pairs import PairSet
-from .records import Change, Hit, Record
+from .records import Change, Hit, Record, as_records
 from .settings import Settings
 from .store import Filter, HistoryStore
 from .tasks import Task, get_task
 from .user_files import UserFiles
 from .user_heads import MAX_FEEDBACK, ROLES, UserHeads
-from .users import remove_store_directory
+from .users import bind_task, read_tasks, remove_store_directory, task_spec_reference
 from .validation import Choices
 
 __all__ = ["MAX_FEEDBACK", "ROLES", "Answer", "Candidate", "FitSummary", "Personalizer",
@@ -72,6 +72,12 @@ class FitSummary:
         choices: What the held-out check decided: which roles' fitted heads answer (and on
             what evidence), and whether prompts carry records
             (:class:`~hydrahead.runtime.validation.Choices`).
+        outcomes: What each role answers with now, against before the fit (:data:`OUTCOMES`):
+            ``"fitted"`` (the user's new head; the base answered before), ``"refitted"`` (a new
+            head replaced the user's previous one), ``"reverted"`` (the shared base head
+            replaced the user's previous head: the new one failed its check or had nothing to
+            learn), ``"kept-base"`` (the shared base head answered and still does). The reason
+            is ``choices.roles[role].reason``.
     """
 
     labels: LabelSet
@@ -79,6 +85,19 @@ class FitSummary:
     head_bytes: dict[str, int]
     seconds: float
     choices: Choices = field(default_factory=Choices)
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+OUTCOMES = ("fitted", "refitted", "reverted", "kept-base")
+"""What :meth:`Personalizer.fit` did with each role's head (:attr:`FitSummary.outcomes`)."""
+
+
+def fit_outcome(own_before: bool, own_after: bool) -> str:
+    """The :data:`OUTCOMES` entry for a role that answered with the user's own head before a fit
+    (or not) and does after it (or not)."""
+    if own_after:
+        return "refitted" if own_before else "fitted"
+    return "reverted" if own_before else "kept-base"
 
 
 class Personalizer:
@@ -114,7 +133,8 @@ class Personalizer:
         self.store, self.bundle, self.encoder, self.llm, self.task = (
             store, bundle, encoder, llm, task)
         self.candidates = CandidateCache(encoder)
-        self.heads = UserHeads(store, bundle, settings=settings, candidates=self.candidates)
+        self.heads = UserHeads(store, bundle, settings=settings, candidates=self.candidates,
+                               task=task.name)
         self.pipeline = AskPipeline(store, encoder, task, settings, self.heads, self.candidates)
         self._recent: OrderedDict[str, Answer] = OrderedDict()
         self._owns_cache = False  # set when this personalizer made its LLM client
@@ -126,7 +146,8 @@ class Personalizer:
         user: str | os.PathLike[str],
         *,
         bundle: Bundle | str | os.PathLike[str],
-        task: Task | str,
+        task: Task | str | None = None,
+        new_task: bool = False,
         llm: LLMClient | LLMConfig | None = None,
         root: str | os.PathLike[str] | None = None,
         encoder: Encoder | None = None,
@@ -140,7 +161,13 @@ class Personalizer:
         Args:
             user: A user id (a directory under the data root) or a path to a user directory.
             bundle: The model bundle or its directory.
-            task: A task or its name (``get_task``).
+            task: A task, its name or a task spec file (``get_task``); ``None``: the user's one
+                recorded task. It is recorded for the user (``user.json``) and names the heads
+                this personalizer reads and fits (``heads/<task>/``).
+            new_task: Add ``task`` to a user who already has other tasks (one history serving
+                several; each task has its own heads, labels and feedback). Without it, opening
+                a user with a task they do not have is refused, never answered with another
+                task's heads.
             llm: A client, a config (the client then writes the user's outbox ledger and response
                 cache in the user's directory), or ``None`` to read ``LLMConfig.from_env()``
                 lazily when the LLM is first needed.
@@ -153,10 +180,12 @@ class Personalizer:
 
         Raises:
             InvalidInputError: an override that is not a setting, or a value out of range.
+            TaskError: no task given and the user has none or several; or a task the user does
+                not have without ``new_task`` (the message lists the user's tasks).
         """
         settings = (settings or Settings()).replace(**overrides)
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        task = task if isinstance(task, Task) else get_task(task)
+        task_obj = get_task(task) if task is not None else None
         encoder = encoder or Encoder(bundle)
         if isinstance(user, str):
             store = HistoryStore.for_user(user, encoder=encoder, root=root)
@@ -168,12 +197,16 @@ class Personalizer:
             raise InvalidInputError(
                 f"user must be a user id (str) or a directory (Path), got {type(user).__name__}")
         try:
+            if task_obj is None:
+                task_obj = _recorded_task(store.directory)
+            bind_task(store.directory, task_obj, None if task is None
+                      else task_spec_reference(task), new_task=new_task)
             client = (
                 llm
                 if isinstance(llm, LLMClient) or llm is None
                 else _client_for(llm, store.directory, outbox=outbox, cache=cache)
             )
-            p = cls(store, bundle=bundle, encoder=encoder, llm=client, task=task,
+            p = cls(store, bundle=bundle, encoder=encoder, llm=client, task=task_obj,
                     settings=settings)
             p._owns_cache = not isinstance(llm, LLMClient)
             return p
@@ -196,19 +229,43 @@ class Personalizer:
         self.close()
 
     # ------------------------------------------------------------------ history (like mem0)
-    def add(self, items: Iterable[Record | dict[str, Any]]) -> builtins.list[str]:
+    def add(self, items: Iterable[Record | dict[str, Any]], *,
+            labels: str = "refuse") -> builtins.list[str]:
         """Add history records (see :meth:`HistoryStore.add`); an id already stored is an
-        error (use :meth:`upsert`)."""
-        return self.store.add(items)
+        error (use :meth:`upsert`).
 
-    def upsert(self, items: Iterable[Record | dict[str, Any]]) -> builtins.list[str]:
-        """Add records, replacing those whose id is already stored."""
-        return self.store.upsert(items)
+        Args:
+            items: Records, or dicts with ``id``, ``text`` and fields.
+            labels: Records whose answer field holds an answer the task does not allow are
+                refused (``"refuse"``, nothing is written), or kept as context (``"context"``:
+                retrieved and shown as examples without an answer, never fitted on).
+        """
+        return self.store.add(self._checked(items, labels))
+
+    def upsert(self, items: Iterable[Record | dict[str, Any]], *,
+               labels: str = "refuse") -> builtins.list[str]:
+        """Add records, replacing those whose id is already stored (``labels`` as in
+        :meth:`add`)."""
+        return self.store.upsert(self._checked(items, labels))
 
     def update(self, id: str, *, text: str | None = None,
-               fields: dict[str, Any] | None = None, **kwargs: Any) -> Record:
-        """Change one record's text and/or fields (see :meth:`HistoryStore.update`)."""
+               fields: dict[str, Any] | None = None, labels: str = "refuse",
+               **kwargs: Any) -> Record:
+        """Change one record's text and/or fields (see :meth:`HistoryStore.update`; ``labels``
+        as in :meth:`add`, for the answer field)."""
+        if fields is not None and self.task.answer_field is not None and labels == "refuse":
+            value = dict(fields).get(self.task.answer_field)
+            if self.task.foreign_answer(value) is not None:
+                raise InvalidInputError(
+                    f"{self.task.answer_field!r} {str(value)[:40]!r} is outside task "
+                    f"{self.task.name!r}'s labels; nothing was changed. Keep it as context with "
+                    "labels='context'")
         return self.store.update(id, text=text, fields=fields, **kwargs)
+
+    def _checked(self, items: Iterable[Record | dict[str, Any]], labels: str) -> list[Record]:
+        records = as_records(items)
+        self.task.check_records(records, labels)
+        return records
 
     def get(self, id: str) -> Record:
         """The record with this id (NotFoundError if none)."""
@@ -255,12 +312,18 @@ class Personalizer:
         self._remember(prepared.query, answer)
         return answer
 
-    def ask(self, query: str) -> Answer:
+    def ask(self, query: str, *, greedy: bool | None = None) -> Answer:
         """Answer ``query`` for this user: :meth:`prepare`, the LLM call(s), :meth:`choose`.
 
         Two requests go out at the same time with the same prompt: the greedy answer (``n=1``,
-        temperature 0; skipped when ``greedy`` is off) and ``n`` samples at ``temperature``; the
-        ask takes about as long as one request.
+        temperature 0) and ``n`` samples at ``temperature``; the ask takes about as long as one
+        request. ``greedy=False`` (or ``Settings(greedy=False)``) is the one-request mode: the
+        samples only, so the prompt is sent once; the unfitted adapter then picks the samples'
+        consensus (self-consistency) instead of the greedy answer.
+
+        Args:
+            query: The question.
+            greedy: Also ask for the greedy answer; ``None``: as ``settings.greedy`` says.
 
         Returns:
             The chosen answer, the exact prompt that left the device, the candidates with their
@@ -271,7 +334,7 @@ class Personalizer:
             InvalidInputError: for an empty query.
             LLMError: when the LLM gives no usable answer after bounded retries.
         """
-        answer = self.pipeline.ask(query, self._llm)
+        answer = self.pipeline.ask(query, self._llm, greedy=greedy)
         self._remember(query, answer)
         return answer
 
@@ -307,11 +370,14 @@ class Personalizer:
         t0 = time.perf_counter()
         labeler = Labeler(self.store, self.task, self._llm(), settings=self.settings,
                           budget=budget, progress=progress, **label_options)
+        before = {role: self.heads.answers_with_own(role) for role in ROLES}
         reports, labels = self.heads.fit(
             labeler, rerank=self.pipeline.rerank_scores, embed=self.encoder.encode,
             meta={"budget": budget, "task": self.task.name})
+        outcomes = {role: fit_outcome(before[role], self.heads.answers_with_own(role))
+                    for role in ROLES}
         return FitSummary(labels, reports, {r: self.heads[r].nbytes for r in ROLES},
-                          time.perf_counter() - t0, self.heads.choices)
+                          time.perf_counter() - t0, self.heads.choices, outcomes)
 
     def feedback(self, query: str, answer: str) -> None:
         """Learn from the answer the user accepted or wrote, without calling the LLM.
@@ -320,13 +386,15 @@ class Personalizer:
             query: Any query: one asked in this session is judged against the candidates the
                 LLM gave for it; any other against the answers of the history records the
                 device retrieves for it (nothing is sent).
-            answer: The answer the user accepted, or their own answer.
+            answer: The answer the user accepted, or their own answer (for a classification
+                or rating task, one of the task's labels; anything else is refused).
 
         Both heads take a few small steps from their current weights, pulled toward the shared
         base head, and the pairs are kept in ``heads/feedback.npz`` (the newest
         :data:`MAX_FEEDBACK` per head), which every later :meth:`fit` trains on too
         (:mod:`hydrahead.runtime.feedback`).
         """
+        self.task.check_answer(answer)
         pairs = feedback_pairs(self.pipeline, query, answer, self._recent.get(query))
         self.heads.learn_feedback(pairs, self.task.name)
 
@@ -362,6 +430,17 @@ class Personalizer:
         self._recent.move_to_end(query)
         while len(self._recent) > RECENT_ANSWERS:
             self._recent.popitem(last=False)
+
+
+def _recorded_task(directory: Path) -> Task:
+    """The one task recorded for the user at ``directory``."""
+    tasks = read_tasks(directory)
+    if len(tasks) != 1:
+        raise TaskError(
+            f"user {directory.name!r} has " + (
+                f"several tasks ({', '.join(t.name for t in tasks)}): say which with task="
+                if tasks else "no task recorded: open it with task=... (e.g. task='GIT_area')"))
+    return get_task(tasks[0].spec)
 
 
 def _client_for(

@@ -58,12 +58,14 @@ class UserHeads(Mapping[str, Head]):
         bundle: The model bundle, whose featurizers are the shared bases.
         settings: ``head_rank`` (low-rank heads) and ``seed`` (fitting) are read.
         candidates: Embeds the LLM candidates of stored labels.
+        task: The task's name: its heads, labels, feedback and choices live in
+            ``heads/<task>/`` (a user can have several tasks).
 
     Attributes:
         featurizers: The shared base of each role.
         base: The base head of each role: where a user's head starts and what fitting pulls it
             toward (factorized when ``settings.head_rank`` is set).
-        directory: The user's ``heads/`` directory.
+        directory: The task's heads directory (``heads/<task>/``).
         refitted: Roles refitted at open because their base changed (role -> fit report).
         stale: Roles whose base changed with no stored labels to refit from (they answer with
             the base head until :meth:`fit`).
@@ -73,15 +75,16 @@ class UserHeads(Mapping[str, Head]):
     """
 
     def __init__(self, store: HistoryStore, bundle: Bundle, *, settings: Settings,
-                 candidates: CandidateCache) -> None:
+                 candidates: CandidateCache, task: str) -> None:
         self.store, self.settings, self.candidates = store, settings, candidates
-        self.files = UserFiles(store.directory)
+        self.files = UserFiles(store.directory, task)
         self.featurizers: dict[str, Featurizer] = {
             role: load_featurizer(bundle, role) for role in ROLES}
         _check_bases(self.featurizers, bundle)
         rank = settings.head_rank
         self.base = {role: f.head if rank is None else f.head.factorize(rank)
                      for role, f in self.featurizers.items()}
+        make_private_dir(self.files.heads_root)
         self.directory = make_private_dir(self.files.heads)
         self.refitted: dict[str, FitReport | None] = {}
         self.stale: list[str] = []
@@ -102,6 +105,13 @@ class UserHeads(Mapping[str, Head]):
         if role in self._fitted and self.choices.used(role):
             return self._heads[role]
         return self.base[role]
+
+    def answers_with_own(self, role: str) -> bool:
+        """Whether ``role`` answers with the user's own head (not the shared base head): a
+        head the user fitted that passed its check (or was never checked), outside a
+        :meth:`using` block that turns it off."""
+        return (role in self._fitted and self.choices.used(role) and role not in self.stale
+                and self.files.head(role).exists())
 
     def own(self, role: str) -> Head:
         """The user's own head for ``role``, whether or not it answers (the base head's copy
@@ -247,6 +257,9 @@ class UserHeads(Mapping[str, Head]):
         reports["adapter"] = self.fit_role(
             "adapter", _with(adapter, feedback.get("adapter")), init=self.base["adapter"],
             holdout_labels=len(adapter))
+        for role, report in reports.items():
+            if report is None:  # never the head of an earlier fit: the shared base answers
+                self.choices.roles[role] = RoleCheck(False, "nothing to learn from the labels")
         self.choices.prompt = check_prompt(labeler.prompt_quality())
         self.choices.save(self.files.choices)
         self.stale = []

@@ -4,7 +4,9 @@ The bundle lives in ``$HYDRAHEAD_TEST_BUNDLE`` if set, else in
 ``<repo>/.hydrahead-cache/test-bundle`` (git-ignored). It is rebuilt only when it does not open
 (missing, damaged, older format). An exclusive file lock keeps parallel test processes from
 building it twice. It is built with ``keep_fp32=True`` so that benchmarks can also compare
-against the fp32 ONNX model.
+against the fp32 ONNX model, and with UNTRAINED bases (``untrained=True``), so that an unfitted
+pipeline is plain dense RAG whatever bases the package ships: the tests of heads and fitting
+measure what they learn against that.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def _opens(path: Path) -> bool:
     except BundleError:
         return False
     return all(bases[role].feature_names == names and bases[role].kind == OnnxFastBase.kind
+               and not bundle.model(role).get("trained")
                for role, names in EXPECTED.items())
 
 
@@ -63,5 +66,5 @@ def get_test_bundle() -> Path:
         if not _opens(path):  # another process may have built it while we waited
             from hydrahead.export.bundle import build_bundle
 
-            build_bundle(path, overwrite=True, keep_fp32=True)
+            build_bundle(path, overwrite=True, keep_fp32=True, untrained=True)
     return path

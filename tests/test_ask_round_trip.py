@@ -21,7 +21,7 @@ from testing.synthetic_users import make_user
 from hydrahead.offline.simulator import SimulatedLLM
 from hydrahead.runtime import ask_pipeline
 from hydrahead.runtime.bundle import Bundle
-from hydrahead.runtime.errors import LLMError
+from hydrahead.runtime.errors import InvalidInputError, LLMError
 from hydrahead.runtime.importing import import_records
 from hydrahead.runtime.llm.client import Completion, LLMClient
 from hydrahead.runtime.llm.config import LLMConfig
@@ -155,3 +155,25 @@ def test_with_greedy_off_one_request_goes_out_from_the_calling_thread(
         assert not [t for t in threading.enumerate() if t.name.startswith("hydrahead-llm")]
     assert [c.json()["n"] for c in server.captured] == [8]
     assert answer.llm_requests == 1
+
+
+def test_the_one_request_mode_sends_the_prompt_once_and_picks_the_samples_consensus(
+        tmp_path: Path, bundle: Bundle, history: list) -> None:
+    """``ask(greedy=False)`` per call (CLI ``ask --one-request``): the N samples only; unfitted,
+    the answer is the most voted candidate (self-consistency), not the greedy answer."""
+    simulator = SimulatedLLM()
+    with FaultServer(default=lambda req: Reply(200, simulator.complete(req.json()))) as server, \
+            Personalizer.open("u", bundle=bundle, task="GIT_area", root=tmp_path, cache=False,
+                              llm=LLMConfig(server.url, "m", max_retries=0)) as p:
+        import_records(p.store, p.task, history)
+        query = "Fix the zsh completion of branch names"
+        two = p.ask(query)
+        one = p.ask(query, greedy=False)
+        with pytest.raises(InvalidInputError, match="greedy"):
+            p.ask(query, greedy="yes")  # type: ignore[arg-type]
+    bodies = [c.json() for c in server.captured]
+    assert [b["n"] for b in bodies[2:]] == [8] and one.llm_requests == 1
+    assert one.prompt == two.prompt and one.prompt_tokens * 2 == two.prompt_tokens
+    votes = {c.answer: c.features["llm_vote"] for c in one.candidates if c.answer}
+    assert one.answer == max(votes, key=votes.get)
+    assert all(c.features["llm_greedy"] == 0.0 for c in one.candidates)

@@ -45,7 +45,7 @@ def history_jsonl(tmp_path: Path) -> Path:
 def test_import_search_fit_ask_outbox_forget(run, history_jsonl: Path) -> None:
     out = run("user", "import", "bob", str(history_jsonl), "--task", "GIT_area").output
     assert "imported 90 records for bob" in out
-    assert run("user", "list").output.split() == ["bob"]
+    assert run("user", "list").output.split()[0] == "bob"
     hits = run("user", "search", "bob", "bash completion of branch names", "-k", "3").output
     assert len(hits.strip().splitlines()) == 3
 
@@ -147,9 +147,34 @@ def test_errors_are_clear_and_exit_nonzero(run, history_jsonl: Path, tmp_path: P
 
 def test_demo_runs_end_to_end(run) -> None:
     out = run("demo", "--budget", "30").output
-    assert "SIMULATED LLM" in out
-    assert out.count("prompt that left the device:") == 3
-    assert out.count("local latency:") == 3
+    assert "SIMULATED LLM" in out and "(already installed)" in out
+    assert "| **accuracy** (20 questions) |" in out  # held-out answers before and after fitting
+    assert out.count("| ") >= 22 and out.count("prompt that left the device:") == 1
+
+
+def test_demo_publishes_a_trained_bundle_and_pulls_it_as_an_app_would(
+        tmp_path: Path, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydrahead.demo import run_demo
+    from hydrahead.export.trained import add_trained_bases
+    from hydrahead.runtime.bundle import Bundle
+
+    monkeypatch.delenv("HYDRAHEAD_LLM_BASE_URL", raising=False)
+    trained = tmp_path / "trained"
+    Bundle.open(bundle_dir).copy_to(trained)
+    add_trained_bases(trained)  # what `hydrahead export bundle` ships
+    lines: list[str] = []
+    app_bundle = tmp_path / "app" / "bundle"
+    out = run_demo(tmp_path / "home", app_bundle, budget=30, source=trained, echo=lines.append)
+    text = "\n".join(lines)
+    assert "signature checked" in text and "reranker base: trained" in text
+    installed = Bundle.open(app_bundle, verify=True)
+    assert (app_bundle.resolve() / "manifest.sig").exists()  # pulled with its signature
+    assert installed.fingerprint == Bundle.open(tmp_path / "home" / "demo-publisher" /
+                                                "bundle").fingerprint
+    assert installed.model("adapter")["trained"] is True
+    assert len(out["gold"]) == len(out["before"]) == len(out["after"]) == 20
+    assert out["simulated"] is True
+    assert f"**{out['accuracy']['after']:.2f}**" in text
 
 
 def test_serve_offline_serves_http(tmp_path: Path) -> None:
@@ -250,7 +275,7 @@ def test_json_output_and_ask_options(run, history_jsonl: Path) -> None:
     imported = json.loads(run("user", "import", "jo", str(history_jsonl), "--task", "GIT_area",
                               "--json").output)
     assert imported == {"user": "jo", "imported": 90}
-    assert json.loads(run("user", "list", "--json").output) == ["jo"]
+    assert [u["user"] for u in json.loads(run("user", "list", "--json").output)] == ["jo"]
     hits = json.loads(run("user", "search", "jo", "completion of branch names", "-k", "2",
                           "--json").output)
     assert len(hits) == 2 and {"score", "id", "text"} <= set(hits[0])
@@ -285,8 +310,8 @@ def test_a_task_spec_path_is_remembered_absolute(run, history_jsonl: Path, tmp_p
     monkeypatch.chdir(spec_dir)
     run("user", "import", "sp", str(history_jsonl), "--task", "mine.json")
     monkeypatch.chdir(tmp_path)  # elsewhere: the relative path would no longer resolve
-    assert json.loads((run.home / "users" / "sp" / "user.json").read_text())["task"] == str(
-        spec_dir / "mine.json")
+    assert json.loads((run.home / "users" / "sp" / "user.json").read_text())["tasks"] == [
+        {"name": "GIT_area", "spec": str(spec_dir / "mine.json")}]
     assert json.loads(run("ask", "sp", "fix the docs", "--offline", "--json").stdout)["answer"]
 
 

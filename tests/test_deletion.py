@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from testing import REPO_ROOT
 from testing.fake_encoder import HashingEncoder, sample_items
+from testing.file_scan import files_holding, text_needles
 from testing.synthetic_users import make_user
 
 from hydrahead.runtime import hnsw_file
@@ -41,30 +42,6 @@ from hydrahead.runtime.users import forget_user
 
 
 MARK = "HHDEL{:04d}"
-
-
-def blobs_of(path: Path) -> list[bytes]:
-    """A file's bytes, plus each member's bytes if it is a zip (.npz) archive."""
-    data = path.read_bytes()
-    out = [data]
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            out += [archive.read(name) for name in archive.namelist()]
-    return out
-
-
-def files_holding(root: Path, needles: dict[str, bytes]) -> list[str]:
-    """``file: needle name`` for every file below ``root`` that holds one of ``needles``."""
-    found = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        for blob in blobs_of(path):
-            found += [f"{path.relative_to(root)}: {name}" for name, needle in needles.items()
-                      if needle in blob]
-    return sorted(set(found))
-
-
-def text_needles(text: str) -> dict[str, bytes]:
-    return {"text (utf-8)": text.encode(), "text (utf-32)": text.encode("utf-32-le")}
 
 
 def index_vectors(directory: Path) -> np.ndarray:

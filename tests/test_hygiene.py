@@ -148,3 +148,21 @@ def test_outbox_summary_totals_per_day_and_model(run, tmp_path: Path) -> None:
     rows = sorted(line.split() for line in text.splitlines()[-2:])
     assert rows == sorted([["2026-12-01", "big", "2", "100", "7"],
                            [today, "small", "4", str(prompt), str(completion)]])
+
+
+# ---------------------------------------------------------------------------- extras
+def test_rouge_is_an_extra_that_generation_tasks_name_when_absent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
+    from hydrahead.runtime.tasks import base, get_task
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("rouge-score") for d in project["dependencies"])
+    assert project["optional-dependencies"]["generation"] == ["rouge-score>=0.1.2"]
+    subject = get_task("GIT_subject")
+    monkeypatch.setattr(base, "_SCORER", None)
+    monkeypatch.setitem(sys.modules, "rouge_score", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"generation tasks.*hydrahead\[generation\]"):
+        subject.rouge("add tests", "add new tests")
+    assert get_task("GIT_area").evaluate(["doc"], ["doc"])["accuracy"] == 1.0  # no ROUGE needed

@@ -67,7 +67,7 @@ def test_cold_start_answers_with_base_heads_and_no_examples(tmp_path, bundle, en
     assert a.simulated
     assert len(a.candidates) >= 1 and all(0.0 <= c.score <= 1.0 for c in a.candidates)
     assert [c.score for c in a.candidates] == sorted((c.score for c in a.candidates), reverse=True)
-    assert not (tmp_path / "users" / "alice" / "heads" / "reranker.npz").exists()
+    assert not (tmp_path / "users" / "alice" / "heads" / "GIT_area" / "reranker.npz").exists()
 
 
 def test_ask_sends_exactly_the_reranked_items(tmp_path, bundle, encoder, server, user):
@@ -112,7 +112,7 @@ def test_fit_saves_stamped_heads_and_a_refit_costs_no_requests(
             for name, value in params.items():
                 np.testing.assert_array_equal(p.heads[role].params[name], value)
 
-    head_dir = tmp_path / "users" / "alice" / "heads"
+    head_dir = tmp_path / "users" / "alice" / "heads" / "GIT_area"
     fitted = [f"{role}.npz" for role in ("adapter", "reranker") if s.reports[role] is not None]
     assert fitted  # something was learned
     assert sorted(f.name for f in head_dir.iterdir()) == sorted(
@@ -201,7 +201,7 @@ def test_feedback_on_any_query_is_kept_and_every_fit_learns_from_it(
         assert len(p.stored_feedback()["adapter"]) == 8  # it is the user's, on disk
         with_feedback = p.refit_from_labels()["adapter"]
         adapter_with = p.heads.own("adapter").params["W2"].copy()
-        (tmp_path / "users" / "alice" / "heads" / "feedback.npz").unlink()
+        (tmp_path / "users" / "alice" / "heads" / "GIT_area" / "feedback.npz").unlink()
         p.refit_from_labels()
         assert with_feedback is not None
         assert not np.allclose(p.heads.own("adapter").params["W2"], adapter_with)

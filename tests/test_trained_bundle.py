@@ -78,7 +78,7 @@ def test_a_changed_base_refits_its_heads_from_stored_labels_with_no_request(
 
         with _open(tmp_path, bundle_copy, server.url) as p:  # refitted heads are kept
             assert p.heads.refitted == {}
-        stamp = np.load(tmp_path / "users" / "alice" / "heads" / "reranker.npz")
+        stamp = np.load(tmp_path / "users" / "alice" / "heads" / "GIT_area" / "reranker.npz")
         assert str(stamp["base_fingerprint"]) == base_fingerprint(Bundle.open(bundle_copy),
                                                                   "reranker")
 
@@ -89,7 +89,7 @@ def test_a_changed_base_without_stored_labels_opens_with_base_heads_until_a_fit(
         with _open(tmp_path, bundle_copy, server.url) as p:
             import_records(p.store, p.task, make_user(0)["history"])
             p.fit(budget=40, progress=False)
-        (tmp_path / "users" / "alice" / "heads" / "labels.npz").unlink()
+        (tmp_path / "users" / "alice" / "heads" / "GIT_area" / "labels.npz").unlink()
         write_base(bundle_copy, "reranker", _other_reranker_base(384))
         with _open(tmp_path, bundle_copy, server.url) as p:  # never stranded: base heads
             assert p.heads.stale == ["reranker"] and p.heads.refitted == {}
@@ -114,8 +114,8 @@ def test_deleted_records_leave_the_refit(bundle_copy: Path, tmp_path: Path) -> N
             query_ids = {i for i in s.labels.reranker.query_ids if i}
             gone = p.store.get(sorted(query_ids)[0])
             p.delete(sorted(query_ids))
-        labels = (tmp_path / "users" / "alice" / "heads" / "labels.npz").read_bytes()
-        with np.load(tmp_path / "users" / "alice" / "heads" / "labels.npz") as npz:
+        labels = (tmp_path / "users" / "alice" / "heads" / "GIT_area" / "labels.npz").read_bytes()
+        with np.load(tmp_path / "users" / "alice" / "heads" / "GIT_area" / "labels.npz") as npz:
             texts = [str(t) for k in npz.files if k.endswith("_text") for t in npz[k]]
         assert not any(gone.text in t for t in texts)  # the deleted text left the labels too
         assert labels
@@ -199,3 +199,37 @@ def test_cross_mode_trains_exports_and_runs_on_the_device(bundle_dir: Path, bund
             assert s.reports["adapter"] is not None or s.reports["reranker"] is not None
             answer = p.ask(make_user(0)["queries"][0]["query"])
             assert answer.answer is not None and len(answer.items) == p.settings.m
+
+
+def test_the_shipped_bases_go_into_a_bundle_and_bundle_info_says_what_they_learned_from(
+        bundle_copy: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from hydrahead.cli import cli
+    from hydrahead.export.trained import SHIPPED_BASES, add_trained_bases
+    from hydrahead.runtime.errors import ExportError
+
+    def info(bundle: Path) -> dict:
+        result = CliRunner().invoke(cli, ["--bundle", str(bundle), "bundle", "info", "--json"])
+        assert result.exit_code == 0, result.output
+        return _json.loads(result.output)
+
+    assert info(bundle_dir)["bases"] == {"reranker": {"trained": False},
+                                         "adapter": {"trained": False}}
+    report = _json.loads((SHIPPED_BASES / "training.json").read_text())
+    assert add_trained_bases(bundle_copy) == list(report["roles"]) == ["reranker", "adapter"]
+    bundle = Bundle.open(bundle_copy, verify=True)
+    bases = info(bundle_copy)["bases"]
+    for role in ("reranker", "adapter"):
+        assert bundle.model(role)["trained"] is True
+        assert base_fingerprint(bundle, role) != base_fingerprint(Bundle.open(bundle_dir), role)
+        assert bases[role]["trained"] is True
+        assert bases[role]["tasks"] == ["GIT_area", "GIT_subject"]
+        assert len(bases[role]["labels_from"]) >= 6  # several members of the simulator family
+    text = CliRunner().invoke(cli, ["--bundle", str(bundle_copy), "bundle", "info"]).output
+    assert "trained on" in text and "GIT_area, GIT_subject" in text
+
+    with pytest.raises(ExportError, match="--untrained"):
+        add_trained_bases(bundle_copy, tmp_path / "no-bases-here")

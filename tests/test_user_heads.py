@@ -34,7 +34,7 @@ def test_using_swaps_heads_for_a_block_and_restores_them(tmp_path: Path, bundle_
         assert p.heads.choices.used("reranker")
         fitted = p.heads["reranker"]
         assert not _same(fitted, p.heads.base["reranker"])
-        on_disk = sum(f.stat().st_size for f in (tmp_path / "users" / "alice" / "heads").glob(
+        on_disk = sum(f.stat().st_size for f in (tmp_path / "users" / "alice" / "heads" / "GIT_area").glob(
             "*.npz") if f.stem in ("reranker", "adapter"))
         assert p.heads.file_bytes() == on_disk > 0
 

@@ -186,7 +186,7 @@ def test_an_unreadable_choices_file_never_locks_the_user_out(tmp_path: Path, bun
                                root=tmp_path, llm=config) as p:
             import_records(p.store, p.task, user["history"])
             p.fit(budget=60, progress=False)
-        choices = tmp_path / "users" / "w" / "heads" / "choices.json"
+        choices = tmp_path / "users" / "w" / "heads" / "GIT_area" / "choices.json"
         choices.write_text('{"format": "hydrahead-choices", "version": 1, "roles": [')
         with Personalizer.open("w", bundle=Bundle.open(bundle_dir), task="GIT_area",
                                root=tmp_path, llm=config) as p:
@@ -195,3 +195,33 @@ def test_an_unreadable_choices_file_never_locks_the_user_out(tmp_path: Path, bun
             assert p.ask(user["queries"][0]["query"]).answer is not None
             p.fit(budget=60, progress=False)  # the next fit writes it again
         assert Choices.load(choices).roles
+
+
+def test_fit_says_which_heads_it_fitted_refitted_reverted_or_kept(tmp_path: Path,
+                                                                    bundle_dir) -> None:
+    """The persona world with a stubborn LLM (tests/test_adapter_learns.py): the adapter learns
+    and passes its check; a refit replaces it; a fit with nothing to learn puts the shared base
+    head back, and says so (it used to say "kept" while an older head stayed)."""
+    from hydrahead.evaluation.persona_world import make_user as persona_user
+    from hydrahead.offline.server import OfflineLLMServer
+    from hydrahead.offline.simulator import SimulatorParams
+    from hydrahead.runtime.personalizer import OUTCOMES, fit_outcome
+
+    assert [fit_outcome(b, a) for b, a in ((False, True), (True, True), (True, False),
+                                           (False, False))] == list(OUTCOMES)
+    stubborn = SimulatedLLM(SimulatorParams(example_weight=0.5))
+    with OfflineLLMServer(simulator=stubborn) as server, Personalizer.open(
+            "u", bundle=Bundle.open(bundle_dir), task="GIT_area", root=tmp_path,
+            llm=LLMConfig.from_env(base_url=server.url)) as p:
+        import_records(p.store, p.task, persona_user(1, questions=6, drift=0.6)["history"])
+        seen, own = [], set()
+        for budget in (120, 120, 0, 0):  # a fit, a refit, then twice nothing to learn
+            summary = p.fit(budget=budget)
+            answering = {r for r in p.heads
+                         if summary.reports[r] is not None and summary.choices.used(r)}
+            assert summary.outcomes == {r: fit_outcome(r in own, r in answering)
+                                        for r in p.heads}
+            assert all((p.heads[r] is p.heads.base[r]) == (r not in answering) for r in p.heads)
+            seen += summary.outcomes.values()
+            own = answering
+        assert set(seen) == set(OUTCOMES)

@@ -41,7 +41,7 @@ from hydrahead.offline.family import DEFAULT_MEMBER, MEMBERS
 from hydrahead.runtime.errors import InvalidInputError
 from hydrahead.runtime.tasks import Task
 
-from .quality import SYSTEMS, Results, primary_metric, run
+from .quality import ALL_SYSTEMS, Results, primary_metric, run
 from .report import code_version, gain_cell, metric_columns, update_report
 
 PROTOCOLS = ("untrained", "matched", "transfer", "loto")
@@ -191,7 +191,7 @@ def worst_case(members: Mapping[str, Any], primary: str) -> dict[str, Any]:
     """Per system (present for every member): the lowest gain over members, the member, its
     interval and metric, and the mean gain over members (NaN gains are left out)."""
     out: dict[str, Any] = {}
-    for name in SYSTEMS:
+    for name in ALL_SYSTEMS:
         rows = {m: v["systems"][name] for m, v in members.items() if name in v["systems"]}
         if len(rows) != len(members) or not rows:
             continue
@@ -283,7 +283,7 @@ def markdown(task: Task, report: Mapping[str, Any]) -> str:
             f"| system | {c1} | {c2} | vs `{best}` [95% CI] | won / lost |",
             "|---|---:|---:|---:|---:|",
         ]
-        for name in SYSTEMS:
+        for name in ALL_SYSTEMS:
             r = row["systems"].get(name)
             if r is None:
                 continue

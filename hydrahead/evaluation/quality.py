@@ -66,6 +66,10 @@ HYDRA = {  # system -> the roles whose head is the user's fitted one (the others
     "fitted": ROLES,
 }
 SYSTEMS = (*BASELINES, *HYDRA, "fitted-binary")
+# The one-request mode (``ask(greedy=False)``: the N samples only, the prompt sent once), run with
+# ``one_request=True`` over the same heads as ``base`` and ``fitted``.
+ONE_REQUEST = {"base-1req": (), "fitted-1req": ROLES}
+ALL_SYSTEMS = (*SYSTEMS, *ONE_REQUEST)
 BOOTSTRAP_RESAMPLES = 2000  # of the users, for the 95% interval of every gain
 BOOTSTRAP_SEED = 0
 DESCRIPTIONS = {
@@ -78,6 +82,8 @@ DESCRIPTIONS = {
     "adapter-fitted": "hydrahead, base reranker + user's adapter head",
     "fitted": "hydrahead, both heads fitted (graded reranker labels)",
     "fitted-binary": "hydrahead, both heads fitted (HYDRA's binary reranker labels)",
+    "base-1req": "hydrahead one-request mode (N samples, no greedy request), base heads",
+    "fitted-1req": "hydrahead one-request mode (N samples, no greedy request), both fitted",
 }
 
 
@@ -131,7 +137,7 @@ class Results:
         lower_better = task.kind == "regression"
         golds = [q["gold"] for q in self.questions]
         metrics = {s: task.evaluate([o.pred for o in self.outcomes[s]], golds)
-                   for s in SYSTEMS if self.outcomes.get(s)}
+                   for s in ALL_SYSTEMS if self.outcomes.get(s)}
         baselines = [s for s in BASELINES if s in metrics]
         best = (min if lower_better else max)(baselines, key=lambda s: metrics[s][primary])
         ref = metrics[best][primary]
@@ -198,7 +204,7 @@ class Results:
             "meta": self.meta,
             "summary": self.summary(task),
             "questions": [
-                {**q, "systems": {s: asdict(self.outcomes[s][i]) for s in SYSTEMS
+                {**q, "systems": {s: asdict(self.outcomes[s][i]) for s in ALL_SYSTEMS
                                   if self.outcomes.get(s)}}
                 for i, q in enumerate(self.questions)
             ],
@@ -210,7 +216,8 @@ class Results:
 def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         llm_url: str | None = None, offline: bool | str | None = False, model: str | None = None,
         settings: Settings | None = None, budget: int = 100, users: int | None = None,
-        compare_binary: bool = True, encoder_threads: int | None = None,
+        compare_binary: bool = True, one_request: bool = False,
+        encoder_threads: int | None = None,
         progress: Callable[[str], None] | None = None) -> tuple[Task, Results]:
     """Run every system on every question of ``split``; see the module docstring.
 
@@ -227,6 +234,8 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         budget: Fit budget: LLM calls per user and fit.
         users: Only the first this many users.
         compare_binary: Also fit with HYDRA's binary reranker labels (``fitted-binary``).
+        one_request: Also answer in the one-request mode (``base-1req``, ``fitted-1req``:
+            quality and cost beside the two-request systems).
         encoder_threads: Threads of the encoder.
         progress: Called with one line per user.
     """
@@ -253,7 +262,7 @@ def run(data: Path, task_name: str, *, split: str = "dev", bundle: Path,
         for i, (user_id, rows, questions) in enumerate(all_users, 1):
             t0 = time.perf_counter()
             _run_user(Path(tmp) / f"user{i}", user_id, rows, questions, task, b, encoder,
-                      config, settings, budget, results, compare_binary)
+                      config, settings, budget, results, compare_binary, one_request)
             if progress:
                 progress(f"[{i}/{len(all_users)}] {user_id}: {len(rows)} records, "
                          f"{len(questions)} questions, {time.perf_counter() - t0:.1f} s")
@@ -276,7 +285,7 @@ def _simulator_name(offline: bool | str | None) -> str:
 def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
               questions: list[LampQuestion], task: Task, bundle: Bundle, encoder: Encoder,
               config: LLMConfig, s: Settings, budget: int, results: Results,
-              compare_binary: bool) -> None:
+              compare_binary: bool, one_request: bool = False) -> None:
     queries = [task.query_text(q.input) for q in questions]
     golds = [q.gold or "" for q in questions]
     results.questions += [{"id": q.id, "user": user_id, "gold": g}
@@ -299,6 +308,10 @@ def _run_user(root: Path, user_id: str, rows: list[dict[str, Any]],
                 for q, g in zip(queries, golds):
                     answer = _ask(p, q, g, oracle=results.oracle if name == "fitted" else None)
                     results.outcomes[name].append(answer)
+        for name, fitted in (ONE_REQUEST.items() if one_request else ()):
+            with p.heads.using(fitted=fitted):
+                for q, g in zip(queries, golds):
+                    results.outcomes[name].append(_ask(p, q, g, greedy=False))
         if compare_binary:
             # Fitted from the base heads, as the graded fit was; a head fitted inside the block
             # answers from then on (the binary heads answer the questions below).
@@ -342,8 +355,9 @@ class _Baselines:
                        c.prompt_tokens, c.completion_tokens, local_ms, c.simulated)
 
 
-def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = None) -> Outcome:
-    a = p.ask(query)
+def _ask(p: Personalizer, query: str, gold: str, oracle: list[float] | None = None,
+         greedy: bool | None = None) -> Outcome:
+    a = p.ask(query, greedy=greedy)
     if oracle is not None:
         oracle.append(max(question_score(p.task, c.answer, gold) for c in a.candidates))
     return Outcome(a.answer, question_score(p.task, a.answer, gold), a.llm_requests,

@@ -15,7 +15,7 @@ from typing import Any
 from hydrahead.offline.simulator import SIMULATOR_NOTE
 from hydrahead.runtime.tasks import Task
 
-from .quality import BASELINES, SYSTEMS, Results, source_fingerprint, write_json
+from .quality import ALL_SYSTEMS, BASELINES, Results, source_fingerprint, write_json
 from .stats import paired_wins_losses
 
 
@@ -92,7 +92,7 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
         "won / lost | LLM requests / q | tokens / q | local ms / q (p50) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in SYSTEMS:
+    for name in ALL_SYSTEMS:
         row = s["systems"].get(name)
         if row is None:
             continue
@@ -170,7 +170,7 @@ def chart(path: Path, task: Task, results: Results) -> None:
 
     s = results.summary(task)
     metric = s["primary_metric"]
-    names = [n for n in SYSTEMS if n in s["systems"]]
+    names = [n for n in ALL_SYSTEMS if n in s["systems"]]
     values = [s["systems"][n]["metrics"][metric] for n in names]
     colors = ["#9aa5b1" if n in BASELINES else "#2f6f9f" for n in names]
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)

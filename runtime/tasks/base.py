@@ -171,11 +171,72 @@ class Task:
         value = record.fields.get(self.answer_field)
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
+        if self.foreign_answer(value) is not None:
+            return None  # kept as context (labels="context"): not an answer of this task
         if self.kind == "regression":
             number = _to_float(value)
             if number is not None:
                 return _format_number(number)
         return str(value).strip()
+
+    def foreign_answer(self, value: Any) -> str | None:
+        """``value`` as text when it is not an answer this task allows (a classification label
+        outside :attr:`labels`, a rating that is no number of the scale); ``None`` when it is
+        allowed, empty, or the task is a generation task."""
+        if self.kind == "generation" or value is None:
+            return None
+        text = str(value).strip()
+        if not text:
+            return None
+        if self.kind == "regression":
+            number = _to_float(value)
+            lo, hi = self._rating_range()
+            return None if number is not None and lo <= number <= hi else text
+        return None if text in self.labels else text
+
+    def check_answer(self, answer: str) -> None:
+        """Refuse an answer this task does not allow (e.g. feedback outside the labels).
+
+        Raises:
+            InvalidInputError: naming the answer and the labels.
+        """
+        if self.foreign_answer(answer) is not None or not str(answer).strip():
+            raise InvalidInputError(
+                f"{str(answer)[:80]!r} is not an answer of task {self.name!r}; it allows "
+                f"{', '.join(self.labels) if self.labels else 'any non-empty text'}")
+
+    def check_records(self, records: Sequence[Record], labels: str = "refuse") -> None:
+        """Refuse records whose answer is not one of this task's (``labels="refuse"``), or let
+        them in as context (``labels="context"``: retrieved and shown as examples without an
+        answer, never a labelling query or a fitted label).
+
+        Raises:
+            InvalidInputError: ``labels`` is neither policy, or (refuse) the records with a
+                foreign answer, listed (nothing is written by the callers then).
+        """
+        if labels not in LABEL_POLICIES:
+            raise InvalidInputError(f"labels must be one of {list(LABEL_POLICIES)}, got {labels!r}")
+        bad = self.foreign_records(records) if labels == "refuse" else []
+        if bad:
+            shown = ", ".join(f"{rid!r}: {value[:40]!r}" for rid, value in bad[:10])
+            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise InvalidInputError(
+                f"{len(bad)} record(s) hold a {self.answer_field!r} outside task "
+                f"{self.name!r}'s labels ({shown}{more}); nothing was written. Fix them, or keep "
+                "them as context (retrievable examples without an answer, never fitted on) "
+                "with labels='context' (CLI: --labels context)")
+
+    def foreign_records(self, records: Iterable[Record]) -> list[tuple[str, str]]:
+        """``(id, answer)`` of each record whose answer field holds an answer this task does
+        not allow."""
+        if self.answer_field is None:
+            return []
+        out = []
+        for record in records:
+            bad = self.foreign_answer(record.fields.get(self.answer_field))
+            if bad is not None:
+                out.append((record.id, bad))
+        return out
 
     def query_text(self, lamp_input: str) -> str:
         """The query text of a LaMP question input: what follows the instruction.
@@ -323,6 +384,10 @@ class Task:
     def _rating_range(self) -> tuple[float, float]:
         values = [float(x) for x in self.labels]
         return min(values), max(values)
+
+
+LABEL_POLICIES = ("refuse", "context")
+"""What to do with records whose answer is outside a task's labels (:meth:`Task.check_records`)."""
 
 
 def worst_rating(gold: float, lo: float = 1.0, hi: float = 5.0) -> float:
@@ -483,11 +548,20 @@ _SCORER = None
 
 
 def _rouge_pair(pred: str, gold: str) -> tuple[float, float]:
-    """ROUGE-1 and ROUGE-L F1 (rouge-score, Porter stemming)."""
+    """ROUGE-1 and ROUGE-L F1 (rouge-score, Porter stemming).
+
+    Raises:
+        ImportError: rouge-score is not installed (it comes with ``hydrahead[generation]``).
+    """
     global _SCORER
     if _SCORER is None:
-        from rouge_score import rouge_scorer
-
+        try:
+            from rouge_score import rouge_scorer
+        except ImportError as exc:
+            raise ImportError(
+                "generation tasks score answers with ROUGE, from the rouge-score package, which "
+                "is not installed. Install it with: pip install -c constraints.txt "
+                "'hydrahead[generation]'") from exc
         _SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     scores = _SCORER.score(gold, pred)
     return scores["rouge1"].fmeasure, scores["rougeL"].fmeasure
