@@ -180,6 +180,9 @@ def _print_outbox_summary(user_id: str, totals: dict[str, Any]) -> None:
                f"completion tokens, {totals['bytes_sent']} B sent ({totals['path']})")
     if totals["unreadable_lines"]:
         click.echo(f"{totals['unreadable_lines']} unreadable lines skipped")
+    if totals["dropped_records"]:
+        click.echo(f"of which {totals['dropped_records']} are counted only: their entries were "
+                   f"dropped to keep the outbox within {totals['max_bytes']:,} bytes")
     rows = totals["by_day_model"]
     if not rows:
         return

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from .ask_pipeline import RankedItem
 from .personalizer import Answer, FitSummary, Personalizer
 from .errors import StoreError
 from .records import Change, Hit, Record
@@ -106,6 +107,9 @@ class AsyncPersonalizer:
     # Below the method `list`, a bare `list[...]` would name it: hence `builtins.list`.
     async def search(self, query: str, k: int = 10, **options: Any) -> builtins.list[Hit]:
         return await self._read(self.sync.search, query, k, **options)
+
+    async def rerank(self, query: str) -> builtins.list[RankedItem]:
+        return await self._read(self.sync.rerank, query)
 
     async def history(self, id: str | None = None, limit: int | None = None
                       ) -> builtins.list[Change]:

@@ -136,12 +136,15 @@ class Change:
         at: Unix time of the change.
         text: The record's text after the change; None for a delete, and for every entry of a
             record that was deleted since (deletion blanks its history's texts).
+        fields: The record's fields after the change (so a change of fields alone shows);
+            None where ``text`` is, and for entries recorded before hydrahead kept fields.
     """
 
     id: str
     op: str
     at: float
     text: str | None
+    fields: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -338,16 +338,17 @@ class HistoryStore:
     def history(self, id: str | None = None, limit: int | None = None) -> list[Change]:
         """Recorded changes (add, update, delete), oldest first: of one record or of all.
 
-        A deleted record keeps the fact of its changes but none of its texts. The history
-        starts when a store was first opened by a hydrahead that keeps it.
+        Each entry holds the record's text and fields after the change. A deleted record keeps
+        the fact of its changes but none of its texts or fields. The history starts when a
+        store was first opened by a hydrahead that keeps it.
         """
         if id is not None:
             (id,) = as_ids([id])
         if limit is not None:
             check_int(limit, "limit", 0)
         with self._mutex:
-            return [Change(i, op, at, text)
-                    for _, i, op, at, text in self._open_db().changes(id, limit)]
+            return [Change(i, op, at, text, None if fields is None else json.loads(fields))
+                    for _, i, op, at, text, fields in self._open_db().changes(id, limit)]
 
     def clear(self) -> int:
         """Delete every record (see :meth:`delete`); returns how many there were."""
@@ -467,9 +468,13 @@ class HistoryStore:
         Args:
             query: A text (embedded with the store's encoder) or a (dim,) vector.
             k: Number of hits; if fewer records match, all of them are returned.
-            filter: Optional. A dict of field equalities, ``{"tag": "doc"}`` keeps records
-                with ``record.fields.get("tag") == "doc"`` (None also matches a missing field;
-                numbers and bools compare like in Python). Or a callable ``(Record) -> bool``.
+            filter: Optional. A dict as mem0 writes them (:mod:`~hydrahead.runtime.record_filter`):
+                ``{"tag": "doc"}`` keeps records with ``record.fields.get("tag") == "doc"``
+                (None also matches a missing field; numbers and bools compare like in Python);
+                operators ``$eq``, ``$ne``, ``$in``, ``$nin``, ``$gt``, ``$gte``, ``$lt``,
+                ``$lte`` per field and ``$and``, ``$or``, ``$not`` around filters, e.g.
+                ``{"$or": [{"tag": {"$in": ["doc", "tests"]}}, {"stars": {"$gte": 4}}]}``.
+                Or a callable ``(Record) -> bool``.
             threshold: Optional. Only hits whose score is at least this (cosine, -1 to 1).
 
         Returns:

@@ -10,6 +10,8 @@ connection committed.
 
 from __future__ import annotations
 
+import json
+
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -100,9 +102,12 @@ class ReadCache:
 
 
 def _key(filter: Mapping[str, Any]) -> Hashable | None:
-    try:  # a value's type matters (1 and True and 1.0 match alike, but say it anyway)
-        return frozenset((k, type(v).__name__, v) for k, v in filter.items())
-    except TypeError:  # unhashable values are refused by the filter check later
+    """The filter as canonical JSON (``1`` and ``true`` and ``1.0`` stay apart: they match
+    alike, but a cache miss costs only a query); ``None`` for what JSON cannot write (refused
+    by the filter check later)."""
+    try:
+        return json.dumps(filter, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
         return None
 
 

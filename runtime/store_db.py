@@ -8,7 +8,7 @@
     meta(key, value)                 store_id, encoder_fingerprint, dim, generation, created
     pending_erasure(id, text)        records deleted from items whose text must still be
                                      erased from the user's other files (see erasure.py)
-    changes(seq, id, op, at, text)   every add/update/delete, kept by triggers: the record's
+    changes(seq, id, op, at, text, fields)   every add/update/delete, kept by triggers: the record's
                                      history (a deleted record's texts are blanked)
 
 ``label`` is an AUTOINCREMENT alias of the rowid: it survives VACUUM, is never reused, and is
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, StoreError, StoreVersionError
-from .records import RESERVED_KEYS, Record, checked_scalar
+from .record_filter import compile_filter
+from .records import Record
 from .user_files import DB_FILE, INDEX_FILE, STAMP_FILE
 
 STORE_FORMAT_VERSION = 1
@@ -94,19 +95,28 @@ _ADDED_SCHEMA = (
         id TEXT NOT NULL,
         op TEXT NOT NULL,
         at REAL NOT NULL,
-        text TEXT
+        text TEXT,
+        fields TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS changes_by_id ON changes (id)",
-    f"""CREATE TRIGGER IF NOT EXISTS changes_add AFTER INSERT ON items BEGIN
-        INSERT INTO changes (id, op, at, text) VALUES (new.id, 'add', {_NOW}, new.text);
+    # Each change keeps the record's fields after it too (the "_2" triggers; the first ones,
+    # which kept the text only, are dropped where an older hydrahead made them).
+    "DROP TRIGGER IF EXISTS changes_add",
+    "DROP TRIGGER IF EXISTS changes_update",
+    "DROP TRIGGER IF EXISTS changes_delete",
+    f"""CREATE TRIGGER IF NOT EXISTS changes_add_2 AFTER INSERT ON items BEGIN
+        INSERT INTO changes (id, op, at, text, fields)
+            VALUES (new.id, 'add', {_NOW}, new.text, new.fields);
     END""",
-    f"""CREATE TRIGGER IF NOT EXISTS changes_update
+    f"""CREATE TRIGGER IF NOT EXISTS changes_update_2
         AFTER UPDATE OF text, fields, timestamp ON items BEGIN
-        INSERT INTO changes (id, op, at, text) VALUES (new.id, 'update', {_NOW}, new.text);
+        INSERT INTO changes (id, op, at, text, fields)
+            VALUES (new.id, 'update', {_NOW}, new.text, new.fields);
     END""",
-    f"""CREATE TRIGGER IF NOT EXISTS changes_delete AFTER DELETE ON items BEGIN
-        UPDATE changes SET text = NULL WHERE id = old.id;
-        INSERT INTO changes (id, op, at, text) VALUES (old.id, 'delete', {_NOW}, NULL);
+    f"""CREATE TRIGGER IF NOT EXISTS changes_delete_2 AFTER DELETE ON items BEGIN
+        UPDATE changes SET text = NULL, fields = NULL WHERE id = old.id;
+        INSERT INTO changes (id, op, at, text, fields)
+            VALUES (old.id, 'delete', {_NOW}, NULL, NULL);
     END""",
 )
 
@@ -277,12 +287,14 @@ class RecordDB:
         self.count -= len(labels)
 
     def changes(self, record_id: str | None, limit: int | None
-                ) -> list[tuple[int, str, str, float, str | None]]:
-        """``(seq, id, op, at, text)`` of the recorded changes, oldest first (the last
-        ``limit``), of one record or all."""
+                ) -> list[tuple[int, str, str, float, str | None, str | None]]:
+        """``(seq, id, op, at, text, fields)`` of the recorded changes, oldest first (the last
+        ``limit``), of one record or all; ``fields`` is the fields' JSON (None for a delete,
+        for a deleted record's entries, and for entries older than the fields column)."""
         where, params = ("WHERE id = ?", [record_id]) if record_id is not None else ("", [])
         rows = self._conn.execute(
-            f"SELECT seq, id, op, at, text FROM changes {where} ORDER BY seq DESC LIMIT ?",
+            f"SELECT seq, id, op, at, text, fields FROM changes {where} "
+            "ORDER BY seq DESC LIMIT ?",
             [*params, -1 if limit is None else limit]).fetchall()
         return rows[::-1]
 
@@ -333,31 +345,16 @@ class RecordDB:
         ).fetchall()
 
     def labels_matching(self, filter: Mapping[str, Any]) -> list[int]:
-        """Labels of records whose fields equal ``filter``, like ``fields.get(key) == value``.
+        """Labels of records whose fields match ``filter``, in label order: field equalities
+        (``fields.get(key) == value``) and mem0's operators (:mod:`~hydrahead.runtime.record_filter`).
 
         Uses the item_fields index, where JSON true/false are 1/0: numbers and bools compare
         numerically, as in Python, and strings only equal strings. None matches a missing
         field or a null (item_fields holds no nulls).
         """
-        present: list[str] = []
-        absent: list[str] = []
-        params: list[object] = []
-        absent_params: list[object] = []
-        for key, value in filter.items():
-            if not isinstance(key, str) or key in RESERVED_KEYS:
-                raise InvalidInputError(f"filter keys must be field names, got {key!r}")
-            value = checked_scalar(value, f"filter value for {key!r}")
-            if value is None:
-                absent.append("SELECT label FROM item_fields WHERE key = ?")
-                absent_params.append(key)
-            else:
-                present.append("SELECT label FROM item_fields WHERE key = ? AND value = ?")
-                params += [key, int(value) if isinstance(value, bool) else value]
-        sql = " INTERSECT ".join(present) or "SELECT label FROM items"
-        if absent:
-            sql += " EXCEPT " + " EXCEPT ".join(absent)
-        return [row[0] for row in self._conn.execute(f"{sql} ORDER BY label",
-                                                     params + absent_params)]
+        condition, params = compile_filter(filter)
+        return [row[0] for row in self._conn.execute(
+            f"SELECT label FROM items WHERE {condition} ORDER BY label", params)]
 
     def vector_chunks(
         self,
@@ -477,12 +474,20 @@ def _init_schema(conn: sqlite3.Connection, path: Path, fingerprint: str, dim: in
             )
             conn.execute(f"PRAGMA user_version = {STORE_FORMAT_VERSION}")
         for statement in _ADDED_SCHEMA:
+            if statement.startswith("DROP TRIGGER IF EXISTS changes_add"):
+                _add_column(conn, "changes", "fields", "TEXT")  # before the triggers use it
             conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, kind: str) -> None:
+    """Add ``column`` to ``table`` where an older hydrahead made the table without it."""
+    if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _set_encoder(conn: sqlite3.Connection, fingerprint: str, dim: int) -> None:

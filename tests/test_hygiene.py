@@ -150,6 +150,34 @@ def test_outbox_summary_totals_per_day_and_model(run, tmp_path: Path) -> None:
                            [today, "small", "4", str(prompt), str(completion)]])
 
 
+def test_the_outbox_is_bounded_and_its_summary_still_counts_every_request(
+        tmp_path: Path) -> None:
+    ledger = Outbox(tmp_path / "outbox.jsonl", max_bytes=8192, fsync=False)
+    sent = []
+    for i in range(120):  # ~330 bytes each: about 40 KB in all, five times the bound
+        day = datetime(2026, 11, 28 + i // 40, 12, tzinfo=timezone.utc)
+        rec = ledger.record(url="http://llm/v1/chat/completions", attempt=1,
+                            request=json.dumps({"model": "m", "messages": [
+                                {"role": "user", "content": f"secret note {i} " + "x" * 150}]
+                            }).encode(), started=day, status=200, response="{}",
+                            bytes_received=2, error=None, elapsed_ms=1.0,
+                            usage={"prompt_tokens": 10 + i, "completion_tokens": 1})
+        sent.append(rec)
+        assert ledger.path.stat().st_size <= 8192
+    kept = list(ledger.records())
+    assert kept == sent[-len(kept):] and 10 < len(kept) < 40  # the newest, as written
+    totals = ledger.summary()
+    assert totals["records"] == 120 and totals["dropped_records"] == 120 - len(kept)
+    assert totals["prompt_tokens"] == sum(10 + i for i in range(120))
+    assert [(r["day"], r["records"]) for r in totals["by_day_model"]] == [
+        ("2026-11-28", 40), ("2026-11-29", 40), ("2026-11-30", 40)]
+    archived = (tmp_path / "outbox.totals.json").read_text()
+    assert "secret" not in archived and "content" not in archived  # counts only, no text
+    assert ledger.erase({"r1": "secret note 119"}) == 0  # entries not listing r1 keep their words
+    with pytest.raises(ValueError, match="4096"):
+        Outbox(tmp_path / "o.jsonl", max_bytes=100)
+
+
 # ---------------------------------------------------------------------------- extras
 def test_rouge_is_an_extra_that_generation_tasks_name_when_absent(
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -694,13 +694,37 @@ def test_update_history_and_clear(store: HistoryStore, encoder: HashingEncoder) 
     assert [c.op for c in history] == ["add", "update", "update"]
     assert history[0].text == "lunch with Bob" and history[-1].text.endswith("budget")
     assert history[0].at <= history[1].at <= history[2].at
+    # a change of fields alone shows: the fields after each change
+    assert [c.fields for c in history] == [{"topic": "social"}, {"topic": "work", "room": "B2"},
+                                           {"topic": "work"}]
     store.delete(["n1"])
     after = store.history("n1")
     assert [c.op for c in after] == ["add", "update", "update", "delete"]
-    assert all(c.text is None for c in after)  # deletion blanks the texts of its history
+    # deletion blanks the texts and fields of its history
+    assert all(c.text is None and c.fields is None for c in after)
     store.add(sample_items(3))
     assert store.clear() == 3 and len(store) == 0
     assert [c.op for c in store.history(limit=3)] == ["delete"] * 3
+
+
+def test_history_of_a_store_made_before_fields_were_kept(store_dir: Path,
+                                                          encoder: HashingEncoder) -> None:
+    with HistoryStore.at(store_dir, encoder=encoder) as store:
+        store.add([{"id": "n1", "text": "old", "topic": "a"}])
+    conn = sqlite3.connect(store_dir / DB_FILE)  # as an older hydrahead left it
+    with conn:
+        for name in ("add", "update", "delete"):
+            conn.execute(f"DROP TRIGGER changes_{name}_2")
+        conn.execute("ALTER TABLE changes DROP COLUMN fields")
+        conn.execute("""CREATE TRIGGER changes_update AFTER UPDATE OF text, fields, timestamp
+            ON items BEGIN INSERT INTO changes (id, op, at, text)
+            VALUES (new.id, 'update', 0, new.text); END""")
+    conn.close()
+    with HistoryStore.at(store_dir, encoder=encoder) as store:
+        store.update("n1", fields={"topic": "b"})
+        history = store.history("n1")
+    assert [(c.op, c.text, c.fields) for c in history] == [
+        ("add", "old", None), ("update", "old", {"topic": "b"})]  # one entry per change
 
 
 def test_search_threshold(store: HistoryStore) -> None:

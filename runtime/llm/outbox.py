@@ -30,6 +30,12 @@ The outbox is written by the process that holds the user's store open. Each reco
 with one ``write`` on a file opened with ``O_APPEND`` and, by default, fsynced: an attempt is a network round trip, so the fsync costs little next to it, and the
 ledger is meant to be trusted after a crash. If a crash tears the last line anyway, readers skip
 it (with a logged warning) and the next append starts on a fresh line.
+
+The outbox is bounded: when an append takes the file past ``max_bytes`` (default
+:data:`MAX_BYTES`), the oldest entries are dropped until it holds at most half of that, and
+their counts (requests, bytes, tokens per UTC day and model; no text at all) are added to
+``outbox.totals.json`` beside it, so :meth:`Outbox.summary` still totals every request ever
+sent. A dropped entry is gone with its text: there is nothing left to erase.
 """
 
 from __future__ import annotations
@@ -46,12 +52,16 @@ from typing import Any, Iterator
 
 from ..errors import LLMError
 from ..paths import atomic_write_bytes, user_dir
-from ..user_files import OUTBOX_FILE
+from ..user_files import OUTBOX_FILE, OUTBOX_TOTALS_FILE
 
 log = logging.getLogger(__name__)
 
 RESPONSE_LIMIT = 64 * 1024
 """Answer bodies are recorded up to this many characters (``response_truncated`` says if cut)."""
+
+MAX_BYTES = 16 << 20
+"""Default size bound of an outbox file (about 8,000 requests of a 2 KB prompt)."""
+TOTALS_FORMAT = "hydrahead-outbox-totals"
 
 ERASED = "[erased: a deleted history record]"
 """What replaces a deleted record's text in the outbox."""
@@ -74,13 +84,18 @@ class Outbox:
         path: The JSONL file (created owner-only, with its parent directory, on first append).
         enabled: When False, :meth:`record` writes nothing; reading still works.
         fsync: fsync after every append (default True).
+        max_bytes: Size bound of the file (see the module docstring); at least 4096.
     """
 
     def __init__(self, path: str | os.PathLike[str], enabled: bool = True, *,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, max_bytes: int = MAX_BYTES) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 4096:
+            raise ValueError(f"max_bytes must be an int of at least 4096, got {max_bytes!r}")
         self.path = Path(path)
+        self.totals_path = self.path.with_name(OUTBOX_TOTALS_FILE)
         self.enabled = enabled
         self.fsync = fsync
+        self.max_bytes = max_bytes
         self._lock = _lock_for(self.path)
 
     @classmethod
@@ -163,8 +178,63 @@ class Outbox:
                 os.write(fd, line)
                 if self.fsync:
                     os.fsync(fd)
+                size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
+            if size > self.max_bytes:
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Keep the newest entries within half of ``max_bytes``; count the dropped ones into
+        the totals file (written first: a crash between the two counts them twice, never
+        loses them). Called with the lock held."""
+        lines = self.path.read_bytes().splitlines(keepends=True)
+        kept, size = 0, 0
+        for line in reversed(lines):
+            if size + len(line) > self.max_bytes // 2:
+                break
+            size += len(line)
+            kept += 1
+        dropped = lines[:len(lines) - kept]
+        totals = self._archived()
+        rows = {(r["day"], r["model"]): r for r in totals["by_day_model"]}
+        for raw in dropped:
+            try:
+                rec = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                rec = None
+            if not isinstance(rec, dict):
+                totals["unreadable_lines"] += 1
+                continue
+            day, model = str(rec.get("time") or "?")[:10], _model_of(rec.get("request"))
+            _add(rows.setdefault((day, model), {"day": day, "model": model, **_totals()}), rec)
+        totals["by_day_model"] = [rows[key] for key in sorted(rows)]
+        atomic_write_bytes(self.totals_path, json.dumps(totals, indent=1).encode())
+        atomic_write_bytes(self.path, b"".join(lines[len(dropped):]))
+        log.info("outbox %s: dropped its %d oldest entries (over %d bytes); their counts are "
+                 "kept in %s", self.path, len(dropped), self.max_bytes, self.totals_path.name)
+
+    def _archived(self) -> dict[str, Any]:
+        """The totals file's counts (empty when there is none, or it is unreadable)."""
+        empty: dict[str, Any] = {"format": TOTALS_FORMAT, "by_day_model": [],
+                                 "unreadable_lines": 0}
+        try:
+            data = json.loads(self.totals_path.read_bytes())
+        except FileNotFoundError:
+            return empty
+        except (OSError, ValueError) as exc:
+            log.warning("outbox totals %s unreadable (%s): counting from the outbox only",
+                        self.totals_path, exc)
+            return empty
+        rows = data.get("by_day_model") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not all(
+                isinstance(r, dict) and {"day", "model", *_totals()} <= set(r)
+                and all(isinstance(r[k], int) for k in _totals()) for r in rows):
+            log.warning("outbox totals %s malformed: counting from the outbox only",
+                        self.totals_path)
+            return empty
+        return {"format": TOTALS_FORMAT, "by_day_model": rows,
+                "unreadable_lines": int(data.get("unreadable_lines") or 0)}
 
     def erase(self, texts_by_id: Mapping[str, str]) -> int:
         """Replace deleted records' texts by :data:`ERASED` in every entry; return how many
@@ -221,13 +291,24 @@ class Outbox:
 
         ``by_day_model`` breaks the same totals down per UTC day (of the attempt's ``time``)
         and model (the ``model`` the request asked for; ``"?"`` where the request body is not
-        JSON), one row each, sorted by day then model.
+        JSON), one row each, sorted by day then model. Entries dropped to keep the file
+        within its bound are counted too (``dropped_records``; ``first`` is then the oldest
+        entry still in the file).
         """
+        archived = self._archived()
         out: dict[str, Any] = {
             "path": str(self.path), "enabled": self.enabled, **_totals(), "first": None,
-            "last": None, "unreadable_lines": 0,
+            "last": None, "unreadable_lines": archived["unreadable_lines"],
+            "dropped_records": sum(r["records"] for r in archived["by_day_model"]),
+            "max_bytes": self.max_bytes,
         }
         rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for old in archived["by_day_model"]:
+            row = rows.setdefault((old["day"], old["model"]),
+                                  {"day": old["day"], "model": old["model"], **_totals()})
+            for key in _totals():
+                row[key] += old[key]
+                out[key] += old[key]
         for rec in self._scan():
             if rec is None:
                 out["unreadable_lines"] += 1

@@ -1,0 +1,1 @@
+"""Adapters to the frameworks apps already use; each needs its own extra (``hydrahead[...]``)."""
