@@ -109,6 +109,7 @@ def _base_info(spec: dict[str, Any]) -> dict[str, Any]:
         "tasks": sorted({str(s.get("task")) for s in sources}),
         "labels_from": sorted({str(s.get("llm")) for s in sources}),
         "users": data.get("users"),
+        "sources": len(sources),
         "dev": training.get("dev"),
     }
 
@@ -117,7 +118,8 @@ def _describe_base(info: dict[str, Any]) -> str:
     if not info["trained"]:
         return "untrained (unfitted, the pipeline is plain dense RAG for this role)"
     dev = f"; dev metrics {json.dumps(info['dev'])}" if info.get("dev") else ""
-    return (f"trained on {info['users']} users of {', '.join(info['tasks'])}, with labels from "
+    return (f"trained on {info['users']} labelled user histories ({info['sources']} (task, LLM) "
+            f"sources) of {', '.join(info['tasks'])}, with labels from "
             f"{', '.join(info['labels_from'])}{dev}")
 
 

@@ -39,7 +39,7 @@ from .errors import InvalidInputError, LLMResponseError
 from .heads import Head
 from .labeling import query_seed
 from .llm.client import Completion, LLMClient
-from .records import Hit, Record
+from .records import Hit, Record, check_text
 from .settings import Settings
 from .store import HistoryStore
 from .tasks import Task
@@ -175,10 +175,10 @@ class AskPipeline:
         """The device's work before the LLM call: embed, retrieve, rerank, render the prompt.
 
         Raises:
-            InvalidInputError: for an empty or non-string query.
+            InvalidInputError: for an empty or non-string query, or one over
+                :data:`~hydrahead.runtime.records.MAX_TEXT_BYTES` (as ``add`` and ``search``).
         """
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidInputError("the query must be a non-empty string")
+        check_text(query, "the query")
         qvec = self.encoder.encode_one(query)
         hits = self.store.search(qvec, k=self.settings.k)
         items = self._rerank(query, qvec, hits)

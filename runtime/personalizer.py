@@ -44,7 +44,7 @@ from .llm.client import LLMClient
 from .llm.config import LLMConfig
 from .llm.outbox import Outbox
 from .pairs import PairSet
-from .records import Change, Hit, Record, as_records
+from .records import Change, Hit, Record, as_records, check_text
 from .settings import Settings
 from .store import Filter, HistoryStore
 from .tasks import Task, get_task
@@ -394,6 +394,8 @@ class Personalizer:
         :data:`MAX_FEEDBACK` per head), which every later :meth:`fit` trains on too
         (:mod:`hydrahead.runtime.feedback`).
         """
+        check_text(query, "the feedback query")
+        check_text(answer, "the feedback answer")
         self.task.check_answer(answer)
         pairs = feedback_pairs(self.pipeline, query, answer, self._recent.get(query))
         self.heads.learn_feedback(pairs, self.task.name)

@@ -48,6 +48,7 @@ Judging answers (as LaMP's evaluation does)
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -506,18 +507,34 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def _match_label(text: str, labels: Sequence[str]) -> str | None:
+    """The label ``text`` names: itself, a case-insensitive equal, else the longest label found
+    in it as a whole word (the earliest of equally long ones)."""
     if text in labels:
         return text
+    pattern, first, smallest = _label_pattern(tuple(labels))
     lowered = text.lower()
-    for label in labels:
-        if label.lower() == lowered:
-            return label
-    found = []
-    for label in labels:
-        m = re.search(r"(?<![\w-])" + re.escape(label.lower()) + r"(?![\w-])", lowered)
-        if m:
-            found.append((-len(label), m.start(), label))
+    if lowered in first:
+        return first[lowered]
+    found = [(-len(m.group(1)), m.start(), smallest[m.group(1)])
+             for m in pattern.finditer(lowered)]
     return min(found)[2] if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def _label_pattern(labels: tuple[str, ...]
+                   ) -> tuple[re.Pattern[str], dict[str, str], dict[str, str]]:
+    """One regex for a label set (compiled once, however many labels: Python's own cache holds
+    512 patterns), finding at every position the longest label that starts there as a whole
+    word; and for each lowercased label, the first label (in order) and the smallest one of
+    those that lower alike."""
+    first: dict[str, str] = {}
+    smallest: dict[str, str] = {}
+    for label in labels:
+        lower = label.lower()
+        first.setdefault(lower, label)
+        smallest[lower] = min(smallest.get(lower, label), label)
+    alternatives = "|".join(re.escape(lower) for lower in sorted(first, key=len, reverse=True))
+    return re.compile(r"(?=(?<![\w-])(" + alternatives + r")(?![\w-]))"), first, smallest
 
 
 def _parse_rating(text: str, bounds: tuple[float, float]) -> float | None:

@@ -30,6 +30,11 @@ from typing import Any
 from ..errors import TaskError
 from .base import Task
 
+MAX_LABELS = 1000
+"""Labels a task spec may have: each prompt lists them all, and each answer is parsed against
+them."""
+MAX_LABEL_CHARS = 200
+
 SPEC_KEYS = {"name", "kind", "instruction", "labels", "text_fields", "example_template",
              "answer_field", "query_marker", "query_markers", "description"}
 
@@ -74,8 +79,15 @@ class TaskSpec:
         if isinstance(markers, str):
             markers = [markers]
         template = data.get("example_template") or "\n\n".join(f"{{{f}}}" for f in text_fields)
+        labels = _str_tuple(data.get("labels", []), "labels", source)
+        if len(labels) > MAX_LABELS:
+            raise TaskError(f"{source}: {len(labels)} labels; a task may have {MAX_LABELS} at "
+                            "most (every prompt lists them all)")
+        if any(not label.strip() or len(label) > MAX_LABEL_CHARS for label in labels):
+            raise TaskError(f"{source}: every label must be non-blank text of at most "
+                            f"{MAX_LABEL_CHARS} characters")
         return cls(name=data["name"], kind=data["kind"], instruction=data["instruction"],
-                   labels=_str_tuple(data.get("labels", []), "labels", source),
+                   labels=labels,
                    text_fields=text_fields, example_template=template,
                    answer_field=data.get("answer_field"),
                    query_markers=_str_tuple(markers, "query_marker(s)", source),
