@@ -32,14 +32,20 @@ def bundle() -> None:
 @key_option
 @click.option("--allow-unsigned", is_flag=True,
               help="Accept a bundle that is unsigned or signed by an unknown key.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Accept a bundle created before the one installed.")
+@click.option("--deadline", type=click.FloatRange(min=1.0), default=1800.0, show_default=True,
+              help="Seconds the whole pull may take.")
 @pass_ctx
-def bundle_pull(obj: Context, source: str, keys: tuple[str, ...], allow_unsigned: bool) -> None:
+def bundle_pull(obj: Context, source: str, keys: tuple[str, ...], allow_unsigned: bool,
+                allow_downgrade: bool, deadline: float) -> None:
     """Download (resumably), verify and install the bundle at SOURCE (URL, directory or
     archive); the bundle in use is replaced only once the new one is complete and verified."""
     from hydrahead.runtime.bundle_pull import pull_bundle
 
     pulled = pull_bundle(source, obj.bundle_dir, keys=keys or None,
-                         allow_unsigned=allow_unsigned, progress=echo_err)
+                         allow_unsigned=allow_unsigned, allow_downgrade=allow_downgrade,
+                         deadline=deadline, progress=echo_err)
     click.echo(f"bundle {pulled.fingerprint[:16]} installed at {obj.bundle_dir}")
 
 

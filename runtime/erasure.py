@@ -20,6 +20,8 @@ delete (and, for a delete a crash interrupted, when it is next opened).
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from .user_files import (CACHE_FILE, FEEDBACK_FILE, LABELS_FILE, OUTBOX_FILE, PR
                          UserFiles)
 
 __all__ = ["ERASERS", "erase_from_user_files"]
+
+logger = logging.getLogger(__name__)
 
 
 def _drop_label_groups(path: Path, erased: dict[str, str]) -> None:
@@ -60,9 +64,17 @@ ERASERS: dict[str, Callable[[Path, dict[str, str]], None]] = {
 def erase_from_user_files(directory: Path, erased: Sequence[tuple[str, str]]) -> None:
     """Remove deleted records from every file of ``directory`` that holds history text.
 
+    Erasure never depends on a file being readable: a file whose eraser fails (damaged,
+    malformed, of the wrong kind) is removed instead, with a warning naming it, since it may
+    hold a deleted record's text. (Labels, feedback and the cache are rebuilt by the next fit
+    and by new requests; a removed outbox starts again empty.)
+
     Args:
         directory: A store (user) directory.
         erased: ``(id, text)`` of each deleted record.
+
+    Raises:
+        OSError: a file that could not be erased could not be removed either.
     """
     if not erased:
         return
@@ -72,4 +84,20 @@ def erase_from_user_files(directory: Path, erased: Sequence[tuple[str, str]]) ->
     for name in PRIVATE_TEXT_FILES:
         where = task_dirs if name in (LABELS_FILE, FEEDBACK_FILE) else [directory]
         for folder in where:
-            ERASERS[name](folder / name, records)
+            path = folder / name
+            try:
+                ERASERS[name](path, records)
+            except Exception as exc:  # noqa: BLE001 - any failure: the file goes instead
+                _remove(path, exc)
+
+
+def _remove(path: Path, why: Exception) -> None:
+    """Remove a file (or whatever stands at its path) that could not be erased."""
+    logger.warning("%s could not be erased (%s: %s); it is removed instead, as it may hold "
+                   "the text of a deleted record", path, type(why).__name__, str(why)[:200])
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    for sidecar in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        sidecar.unlink(missing_ok=True)

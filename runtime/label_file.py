@@ -211,10 +211,54 @@ def _keep_groups(a: Mapping[str, np.ndarray], keep_group: np.ndarray) -> dict[st
 
 
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays and ``meta`` of a labels file; FileNotFoundError if there is none."""
+    """The arrays and ``meta`` of a labels file; FileNotFoundError if there is none.
+
+    Raises:
+        HeadError: the file is damaged, or its columns are not what :func:`pairs_to_arrays`
+            writes (a missing column, wrong shapes or lengths, group numbers out of range,
+            labels outside [0, 1]); the message names the file.
+    """
     arrays, meta, _ = read_npz(path, format=FORMAT, versions=FORMAT_VERSION, error=HeadError,
                                hint=DAMAGED, what="labels file", raise_not_found=True)
+    for role in ROLES:
+        if any(k.startswith(f"{role}.") for k in arrays):
+            problem = _column_problem(_role_arrays(arrays, role))
+            if problem:
+                raise HeadError(f"labels file {path} is malformed ({role}: {problem}); {DAMAGED}")
     return arrays, meta
+
+
+_GROUP_COLUMNS = ("query_text", "query_id", "group_user")
+_ITEM_COLUMNS = ("item_group", "item_text", "item_id", "features", "label")
+
+
+def _column_problem(a: Mapping[str, np.ndarray]) -> str | None:
+    """What is wrong with one role's columns, or ``None``."""
+    missing = [k for k in (*_GROUP_COLUMNS, *_ITEM_COLUMNS) if k not in a]
+    if missing:
+        return f"missing column(s) {missing}"
+    n_groups, n_items = len(a["query_text"]), len(a["label"])
+    for k in _GROUP_COLUMNS:
+        if a[k].ndim != 1 or len(a[k]) != n_groups:
+            return f"{k} is not one entry per group"
+    for k in _ITEM_COLUMNS:
+        if a[k].ndim != (2 if k == "features" else 1) or len(a[k]) != n_items:
+            return f"{k} is not one entry per item"
+    for k in ("query_vec", "item_vec"):
+        if k in a and (a[k].ndim != 2 or len(a[k]) != (n_groups if k == "query_vec"
+                                                       else n_items)):
+            return f"{k} is not one vector per {'group' if k == 'query_vec' else 'item'}"
+    groups, labels = a["item_group"], a["label"]
+    if groups.dtype.kind not in "iu" or labels.dtype.kind != "f":
+        return "item_group must hold integers and label numbers"
+    if n_items and (groups.min() < 0 or groups.max() >= n_groups
+                    or np.any(np.diff(groups) < 0)):
+        return "item_group numbers are out of order or out of range"
+    if not np.all((labels >= 0.0) & (labels <= 1.0)):  # also catches NaN
+        return "labels outside [0, 1]"
+    if a["features"].dtype.kind != "f" or not np.all(np.isfinite(a["features"])):
+        return "features must be finite numbers"
+    return None
 
 
 def _write(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],

@@ -451,6 +451,6 @@ def _client_for(
     files = UserFiles(directory)
     return LLMClient(
         config,
-        cache=ResponseCache(files.cache) if cache else None,
+        cache=ResponseCache.rebuilt_if_damaged(files.cache) if cache else None,
         outbox=Outbox(files.outbox, enabled=outbox),
     )

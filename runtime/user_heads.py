@@ -279,11 +279,16 @@ class UserHeads(Mapping[str, Head]):
 
     # ------------------------------------------------------------------ stored labels
     def stored_feedback(self) -> dict[str, PairSet]:
-        """The user's kept feedback pairs per head (records deleted since are left out)."""
+        """The user's kept feedback pairs per head (records deleted since are left out); none,
+        with a warning naming the file, where the feedback file is damaged (a fit then goes on
+        without it; :meth:`learn_feedback` refuses until it is removed)."""
         try:
             labels, _ = load_labels(self.files.feedback, query_vectors=self._stored_vector,
                                     item_vectors=self._item_vectors)
         except FileNotFoundError:
+            return {}
+        except HeadError as exc:
+            logger.warning("%s; fitting without the feedback it held", exc)
             return {}
         return labels
 

@@ -118,6 +118,24 @@ class ResponseCache:
             self._conn.close()
             raise
 
+    @classmethod
+    def rebuilt_if_damaged(cls, path: str | os.PathLike[str]) -> ResponseCache:
+        """Open the cache at ``path``; one that is not a SQLite database (or a damaged one) is
+        removed, with a warning naming it, and started again empty: it is only a cache.
+
+        Raises:
+            LLMError: the cache was written by a newer hydrahead (it is left as it is).
+        """
+        try:
+            return cls(path)
+        except LLMError as exc:
+            if not isinstance(exc.__cause__, sqlite3.DatabaseError):
+                raise
+            log.warning("%s; it is removed and started again empty", exc)
+            for name in (str(path), f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+                Path(name).unlink(missing_ok=True)
+            return cls(path)
+
     @staticmethod
     def key(body: Mapping[str, Any]) -> str:
         """The cache key of a request: sha256 hex of the canonical JSON of its body."""
@@ -126,6 +144,9 @@ class ResponseCache:
 
     def get(self, key: str) -> CachedResponse | None:
         """Return the cached answer for ``key``, or ``None``.
+
+        A row that is not what :meth:`put` writes (texts not a JSON list of strings, a model
+        that is not text) is a miss, and is dropped with a warning: the request is sent again.
 
         Raises:
             LLMError: if the cache file cannot be read.
@@ -136,7 +157,19 @@ class ResponseCache:
             ).fetchone()
         if row is None:
             return None
-        return CachedResponse(json.loads(row[0]), row[1], bool(row[2]), row[3])
+        try:
+            texts = json.loads(row[0]) if isinstance(row[0], str) else None
+        except (ValueError, RecursionError):
+            texts = None
+        if (not isinstance(texts, list) or not all(isinstance(t, str) for t in texts)
+                or not isinstance(row[1], str) or not isinstance(row[3], (int, float))):
+            log.warning("response cache %s: a malformed row (key %s...) is dropped; the "
+                        "request is sent again", self.path, key[:12])
+            with self._lock, self._errors(), self._conn:
+                self._conn.execute("DELETE FROM responses WHERE key = ?", (key,))
+                self._conn.execute("DELETE FROM sources WHERE key = ?", (key,))
+            return None
+        return CachedResponse(texts, row[1], bool(row[2]), float(row[3]))
 
     def put(self, key: str, texts: list[str], *, model: str, simulated: bool,
             sources: Iterable[str] = ()) -> None:
