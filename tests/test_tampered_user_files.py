@@ -114,6 +114,7 @@ CASES = {
     "cache: garbage": (Path("llm_cache.sqlite"), _garbage),
     "outbox: a line nested 200,000 deep": (Path("outbox.jsonl"), _deep_outbox_line),
     "choices: garbage": (TASK_DIR / "choices.json", _garbage),
+    "outbox: a directory": (Path("outbox.jsonl"), _directory),
 }
 
 
@@ -149,6 +150,18 @@ def _record_ids_in(path: Path) -> list[str]:
     with np.load(path, allow_pickle=False) as npz:
         return sorted({str(i) for k in npz.files if k.endswith(("query_id", "item_id"))
                        for i in npz[k] if str(i)})
+
+
+def test_an_outbox_that_is_not_a_file_refuses_to_send_cleanly(
+        fitted: Path, tmp_path: Path, bundle_dir: Path, server) -> None:
+    from hydrahead.runtime.errors import LLMError
+
+    root = Path(shutil.copytree(fitted, tmp_path / "root"))
+    _directory(root / "users" / "t" / "outbox.jsonl")
+    sent = len(server.captured)
+    with _open(root, bundle_dir, server.url) as p, pytest.raises(LLMError, match="not a regular"):
+        p.ask("Fix the docs of git-p4 once more")
+    assert len(server.captured) == sent  # nothing left unrecorded
 
 
 def test_a_malformed_cache_row_is_a_miss_and_the_request_is_sent_again(

@@ -157,6 +157,10 @@ class Outbox:
                 f"the outbox directory {self.path.parent} does not exist (was the user "
                 "forgotten?); nothing was sent"
             )
+        if self.enabled and (self.path.is_symlink() or (self.path.exists()
+                                                       and not self.path.is_file())):
+            raise LLMError(f"the outbox {self.path} is not a regular file; nothing was sent "
+                           "(move it away: a new outbox is started)")
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record as a JSON line (no-op when disabled).
