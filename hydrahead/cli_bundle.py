@@ -83,7 +83,7 @@ def bundle_info(obj: Context, keys: tuple[str, ...], as_json: bool) -> None:
         "created": m.get("created"), "library_version": m.get("library_version"),
         "models": {name: spec.get("kind") for name, spec in m["models"].items()},
         "bytes": sum(e["bytes"] for e in m["files"].values()),
-        "bases": {role: _base_info(spec) for role, spec in m["models"].items()
+        "bases": {role: opened.base_training(role) for role in m["models"]
                   if role != "encoder"},
         "signature": {"signed": status.signed, "key_id": status.key_id,
                       "trusted": status.trusted, "reason": status.reason},
@@ -100,24 +100,6 @@ def bundle_info(obj: Context, keys: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"    {_describe_base(info['bases'][name])}")
     click.echo("  signature: " + (f"trusted key {status.key_id}" if status.trusted
                                   else status.reason))
-
-
-def _base_info(spec: dict[str, Any]) -> dict[str, Any]:
-    """What a shared base was trained on, from its manifest entry (``training``: the training
-    report's data, merged from several (task, LLM) sources or one)."""
-    if not spec.get("trained"):
-        return {"trained": False}
-    training = spec.get("training") or {}
-    data = training.get("data") or {}
-    sources = data.get("sources") or [{"task": data.get("task"), "llm": data.get("labels")}]
-    return {
-        "trained": True,
-        "tasks": sorted({str(s.get("task")) for s in sources}),
-        "labels_from": sorted({str(s.get("llm")) for s in sources}),
-        "users": data.get("users"),
-        "sources": len(sources),
-        "dev": training.get("dev"),
-    }
 
 
 def _describe_base(info: dict[str, Any]) -> str:

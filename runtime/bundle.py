@@ -179,6 +179,22 @@ class Bundle:
         payload = {"name": name, "spec": spec, "files": files}
         return hashlib.sha256(_canonical_json(payload)).hexdigest()
 
+    def base_training(self, role: str) -> dict[str, Any]:
+        """What the shared base of ``role`` was trained on, from its manifest entry:
+        ``{"trained": False}``, or ``trained``, ``tasks``, ``labels_from`` (the LLMs whose labels
+        it learned from), ``users`` (labelled user histories), ``sources`` ((task, LLM) pairs)
+        and ``dev`` (a quality run's summary, where the publisher added one)."""
+        spec = self.model(role)
+        if not spec.get("trained"):
+            return {"trained": False}
+        training = spec.get("training") or {}
+        data = training.get("data") or {}
+        sources = data.get("sources") or [{"task": data.get("task"), "llm": data.get("labels")}]
+        return {"trained": True,
+                "tasks": sorted({str(s.get("task")) for s in sources}),
+                "labels_from": sorted({str(s.get("llm")) for s in sources}),
+                "users": data.get("users"), "sources": len(sources), "dev": training.get("dev")}
+
     def copy_to(self, target: str | os.PathLike[str]) -> Bundle:
         """Copy the manifest and the files it lists (nothing else) into the new directory
         ``target``, and open the copy.

@@ -381,13 +381,14 @@ def bases_description(bundle: Bundle) -> str:
     specs = [bundle.model(role) for role in ROLES]
     if not any(spec.get("trained") for spec in specs):
         return "untrained"
-    data = next(spec["training"]["data"] for spec in specs if spec.get("trained"))
+    info = next(bundle.base_training(role) for role, spec in zip(ROLES, specs)
+                if spec.get("trained"))
     cross = [spec for spec in specs if "cross" in str(spec.get("kind"))]
     mode = (f"cross-mode ({cross[0].get('layers', 6)} layers, {cross[0].get('max_length')} "
             "tokens) " if cross else "")
-    return (f"{mode}trained on {data.get('users')} {data.get('split')} users of "
-            f"{Path(str(data.get('data'))).name} {data.get('task')}, labels from "
-            f"{data.get('labels')}")
+    return (f"{mode}trained on {info['users']} labelled user histories of "
+            f"{', '.join(info['tasks'])}, labels from {len(info['labels_from'])} LLM(s): "
+            f"{', '.join(info['labels_from'])}")
 
 
 def question_score(task: Task, pred: Any, gold: str) -> float:
