@@ -173,6 +173,9 @@ def test_the_outbox_is_bounded_and_its_summary_still_counts_every_request(
         ("2026-11-28", 40), ("2026-11-29", 40), ("2026-11-30", 40)]
     archived = (tmp_path / "outbox.totals.json").read_text()
     assert "secret" not in archived and "content" not in archived  # counts only, no text
+    for bad in ("[1, 2]", "{", '{"by_day_model": [{"day": 1}]}', "[" * 100_000):
+        (tmp_path / "outbox.totals.json").write_text(bad)  # malformed: counted from the file only
+        assert ledger.summary()["records"] == len(kept)
     assert ledger.erase({"r1": "secret note 119"}) == 0  # entries not listing r1 keep their words
     with pytest.raises(ValueError, match="4096"):
         Outbox(tmp_path / "o.jsonl", max_bytes=100)

@@ -205,7 +205,7 @@ class Outbox:
         for raw in dropped:
             try:
                 rec = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 rec = None
             if not isinstance(rec, dict):
                 totals["unreadable_lines"] += 1
@@ -226,9 +226,9 @@ class Outbox:
             data = json.loads(self.totals_path.read_bytes())
         except FileNotFoundError:
             return empty
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             log.warning("outbox totals %s unreadable (%s): counting from the outbox only",
-                        self.totals_path, exc)
+                        self.totals_path, type(exc).__name__)
             return empty
         rows = data.get("by_day_model") if isinstance(data, dict) else None
         if not isinstance(rows, list) or not all(
@@ -260,7 +260,7 @@ class Outbox:
             for raw in raw_lines:
                 try:
                     rec = json.loads(raw)
-                except (UnicodeDecodeError, json.JSONDecodeError):
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                     rec = None
                 if not isinstance(rec, dict):
                     # A torn line cannot be parsed, so it cannot be partly kept: drop it if it
@@ -339,7 +339,7 @@ class Outbox:
                     continue
                 try:
                     rec = json.loads(raw)
-                except (UnicodeDecodeError, json.JSONDecodeError):
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                     rec = None
                 if not isinstance(rec, dict):
                     torn = "" if raw.endswith(b"\n") else " (torn last line, e.g. after a crash)"
