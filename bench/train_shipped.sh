@@ -6,17 +6,18 @@
 #   hydrahead export bundle --out B && hydrahead --bundle B bench quality --family \
 #       --data ../shared/data/git-lamp-q10 --task GIT_area --no-binary --report bench/QUALITY.md
 #
-#   bash bench/train_shipped.sh [DATA] [WORK]      (USERS=40: about 35 min on 2 cores)
+#   bash bench/train_shipped.sh [DATA] [WORK]      (USERS=20: about 35 min on 2 cores)
 #
-# Environment: USERS (training users per task, default 40), MEMBERS, WORKERS (as in
+# Environment: USERS (training users per task, default 20, as shipped), MEMBERS, WORKERS (as in
 # train_family.sh). Every label comes from hydrahead's OFFLINE SIMULATOR family, not a
 # language model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/git-lamp-q10}
 WORK=${2:-.hydrahead-cache/train-shipped}
-export USERS=${USERS:-40}
+export USERS=${USERS:-20}
 PROTOCOLS=shipped bash bench/train_family.sh "$DATA" "$WORK/bundles" "$WORK"
 mkdir -p export/shipped_bases
 cp "$WORK/trained/shipped/all/"{reranker.npz,adapter.npz,training.json} export/shipped_bases/
-echo "export/shipped_bases/ updated from $WORK/trained/shipped/all" >&2
+echo "export/shipped_bases/ updated from $WORK/trained/shipped/all; now evaluate the bundle" \
+    "(header), then: python bench/shipped_dev_summary.py COMMIT FAMILY_JSON... (dev.json)" >&2

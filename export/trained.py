@@ -22,6 +22,7 @@ from hydrahead.runtime.pair_base import PairBase
 from .bases import write_base
 
 TRAINING_REPORT = "training.json"  # what hydrahead.train.trainer.train writes beside the bases
+DEV_REPORT = "dev.json"  # optional: a quality summary on dev users (bench/shipped_dev_summary.py)
 
 # The bases `hydrahead export bundle` ships: fast-mode bases trained on labels of every member of
 # the offline simulator family on both git-lamp tasks' training users (bench/train_shipped.sh
@@ -37,7 +38,8 @@ def add_trained_bases(bundle_root: str | Path, trained: str | Path = SHIPPED_BAS
         bundle_root: A bundle with its encoder (a staging directory while one is being built).
         trained: A directory with ``training.json`` and, per role, ``<role>.npz`` (fast mode)
             or ``<role>.cross/`` (cross mode); by default the bases hydrahead ships.
-        metrics: A quality run's JSON whose ``summary`` goes into each base's manifest entry.
+        metrics: A quality run's JSON whose ``summary`` goes into each base's manifest entry
+            (default: ``trained``'s ``dev.json`` where there is one).
 
     Returns:
         The roles written, in the training report's order.
@@ -54,6 +56,8 @@ def add_trained_bases(bundle_root: str | Path, trained: str | Path = SHIPPED_BAS
                           "them with bench/train_shipped.sh, or build the bundle with "
                           "--untrained (untrained=True)")
     report = json.loads(report_path.read_text(encoding="utf-8"))
+    if metrics is None and (trained / DEV_REPORT).is_file():
+        metrics = trained / DEV_REPORT  # the shipped bases' dev-user quality
     dev = (json.loads(Path(metrics).read_text(encoding="utf-8"))["summary"] if metrics
            else None)
     for role in report["roles"]:

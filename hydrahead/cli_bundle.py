@@ -105,10 +105,27 @@ def bundle_info(obj: Context, keys: tuple[str, ...], as_json: bool) -> None:
 def _describe_base(info: dict[str, Any]) -> str:
     if not info["trained"]:
         return "untrained (unfitted, the pipeline is plain dense RAG for this role)"
-    dev = f"; dev metrics {json.dumps(info['dev'])}" if info.get("dev") else ""
     return (f"trained on {info['users']} labelled user histories ({info['sources']} (task, LLM) "
             f"sources) of {', '.join(info['tasks'])}, with labels from "
-            f"{', '.join(info['labels_from'])}{dev}")
+            f"{', '.join(info['labels_from'])}{_describe_dev(info.get('dev'))}")
+
+
+def _describe_dev(dev: Any) -> str:
+    """The dev metrics of a base: per task, the fitted pipeline's worst and mean gain over the
+    simulator family (bench/shipped_dev_summary.py's form), or the summary as JSON."""
+    if not dev:
+        return ""
+    tasks = dev.get("tasks") if isinstance(dev, dict) else None
+    if not isinstance(tasks, dict):
+        return f"\n      dev metrics {json.dumps(dev)}"
+    lines = [f"\n      dev ({dev.get('data')}, {dev.get('note', '')[:40]}...):"]
+    for task, row in tasks.items():
+        fitted = row.get("gain_vs_best_prompt_baseline", {}).get("fitted", {})
+        lines.append(f"\n        {task} ({row.get('users')} users, {len(row.get('members', []))} "
+                     f"LLMs, {row.get('metric')}): fitted vs best prompt baseline worst "
+                     f"{fitted.get('worst', float('nan')):+.1%} ({fitted.get('worst_member')}), "
+                     f"mean {fitted.get('mean', float('nan')):+.1%}")
+    return "".join(lines)
 
 
 @bundle.command("keygen")

@@ -228,9 +228,11 @@ def test_the_shipped_bases_go_into_a_bundle_and_bundle_info_says_what_they_learn
         assert bases[role]["trained"] is True
         assert bases[role]["tasks"] == ["GIT_area", "GIT_subject"]
         assert len(bases[role]["labels_from"]) >= 6  # several members of the simulator family
+        assert set(bases[role]["dev"]["tasks"]) == {"GIT_area", "GIT_subject"}  # dev.json
     text = CliRunner().invoke(cli, ["--bundle", str(bundle_copy), "bundle", "info"]).output
     assert "trained on 360 labelled user histories (18 (task, LLM) sources)" in text
     assert "GIT_area, GIT_subject" in text
+    assert "fitted vs best prompt baseline worst" in text and "OFFLINE SIMULATOR" in text
 
     with pytest.raises(ExportError, match="--untrained"):
         add_trained_bases(bundle_copy, tmp_path / "no-bases-here")
