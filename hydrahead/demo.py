@@ -130,8 +130,9 @@ def run_demo(
     shown = answers[-1]
     echo("")
     echo(f"one answer in full: {shown.answer!r} (author's tag {gold[-1]!r})")
+    cached = " (answered from the response cache)" if shown.llm_requests == 0 else ""
     echo(f"local latency: {shown.local_ms:.1f} ms (LLM round trip "
-         f"{shown.timings_ms['llm']:.1f} ms)")
+         f"{shown.timings_ms['llm']:.1f} ms{cached}; {shown.llm_requests} request(s) sent)")
     echo("prompt that left the device:")
     echo(shown.prompt)
     return {"questions": [q["query"] for q in questions], "gold": gold, "before": before,
