@@ -121,7 +121,7 @@ def with_llm(fn):
 
 
 def need_bench_extra() -> None:
-    for module in ("rank_bm25", "matplotlib"):
+    for module in ("matplotlib",):
         try:
             __import__(module)
         except ImportError:

@@ -2,7 +2,8 @@
 
 ::
 
-    encode query -> retrieve top-k history (HNSW) -> reranker (shared base + user head) keeps m
+    encode query -> retrieve top-k history (HNSW; BM25 or fused where the user's fit chose)
+    -> reranker (shared base + user head) keeps m
     -> task prompt with those m records -> remote LLM: its greedy answer and N samples
     -> adapter (shared base + user head) scores each distinct candidate from its
        history-aware features (adapter_features) -> answer = argmax
@@ -40,6 +41,7 @@ from .heads import Head
 from .labeling import query_seed
 from .llm.client import Completion, LLMClient
 from .records import Hit, Record, check_text
+from .retrieval import KeywordIndex, combine
 from .settings import Settings
 from .store import HistoryStore
 from .tasks import Task
@@ -115,6 +117,7 @@ class AskPipeline:
         self.store, self.encoder, self.task, self.settings = store, encoder, task, settings
         self.heads, self.candidates = heads, candidates
         self._answer_counts: tuple[int, Counter[str]] | None = None  # (store generation, counts)
+        self._keywords: tuple[int, list[str], KeywordIndex] | None = None  # (generation, ids, BM25)
 
     # ------------------------------------------------------------------ the two heads' scores
     def rerank_scores(self, query: str, query_vec: np.ndarray, records: Sequence[Record],
@@ -158,7 +161,42 @@ class AskPipeline:
         where the user's last fit found that records hurt: :meth:`UserHeads.prompt_records`);
         ``head`` ranks with that reranker head instead of the one the pipeline reads."""
         qvec = self.encoder.encode_one(query) if query_vec is None else query_vec
-        return self._rerank(query, qvec, self.store.search(qvec, k=self.settings.k), head)
+        return self._rerank(query, qvec, self.retrieve(query, qvec), head)
+
+    def retrieve(self, query: str, query_vec: np.ndarray) -> list[Hit]:
+        """The ``k`` records that reach the reranker, by the user's retrieval
+        (:meth:`UserHeads.retrieval`: dense unless their fit chose BM25 or both fused), each
+        with its cosine to the query, most similar first."""
+        k = self.settings.k
+        dense = self.store.search(query_vec, k=k)
+        method = self.heads.retrieval()
+        if method == "dense":
+            return dense
+        ids, index = self._keyword_index()
+        position = {record_id: i for i, record_id in enumerate(ids)}
+        chosen = combine(method, [position[h.record.id] for h in dense if h.record.id in position],
+                         index.top(query, k), k)
+        have = {position[h.record.id]: h for h in dense if h.record.id in position}
+        extra = [ids[i] for i in chosen if i not in have]
+        if extra:
+            vectors = self.store.vectors(extra).astype(np.float64)
+            q = query_vec.astype(np.float64)
+            cosines = vectors @ q / np.maximum(
+                np.linalg.norm(vectors, axis=1) * np.linalg.norm(q), 1e-12)
+            for record, vector, cosine in zip(self.store.get_many(extra), vectors, cosines):
+                have[position[record.id]] = Hit(record, float(cosine),
+                                                vector.astype(np.float32))
+        hits = [have[i] for i in chosen if i in have]
+        return sorted(hits, key=lambda h: -h.score)
+
+    def _keyword_index(self) -> tuple[list[str], KeywordIndex]:
+        """BM25 over the user's records as prompts show them, rebuilt after any change."""
+        generation = self.store.generation
+        if self._keywords is None or self._keywords[0] != generation:
+            records = list(self.store.iter())
+            index = KeywordIndex([self.task.example_text(r) for r in records])
+            self._keywords = (generation, [r.id for r in records], index)
+        return self._keywords[1], self._keywords[2]
 
     def _rerank(self, query: str, qvec: np.ndarray, hits: Sequence[Hit],
                 head: Head | None = None) -> list[RankedItem]:
@@ -180,7 +218,7 @@ class AskPipeline:
         """
         check_text(query, "the query")
         qvec = self.encoder.encode_one(query)
-        hits = self.store.search(qvec, k=self.settings.k)
+        hits = self.retrieve(query, qvec)
         items = self._rerank(query, qvec, hits)
         prompt = self.task.render_prompt(query, [it.record for it in items])
         return Prepared(query, qvec, hits, items, prompt)

@@ -4,7 +4,9 @@ HYDRA has no human relevance labels; it asks the black-box LLM which history rec
 hydrahead makes them the way the device will use the heads: **predicting a record from the
 records before it**. Each labelling query is one of the user's most recent records (its own
 answer is the gold); its history is every record strictly older (timestamp, then insertion
-order), searched exactly like ``ask()`` searches: the top ``k`` by cosine.
+order), searched exactly like ``ask()`` searches: the top ``k`` by the user's retrieval (by
+cosine unless the history says BM25 or both fused serve this user better:
+:meth:`Labeler.retrieval_quality`, :mod:`hydrahead.runtime.retrieval`).
 
 * **Reranker labels** judge single records taken across the whole top-``k`` depth that ``ask()``
   reranks (``items_per_query`` of them, one from each equal slice of the ranking):
@@ -53,8 +55,10 @@ from .llm.client import LLMClient, RequestBudget
 from .pairs import PairSet
 from .records import Record, check_int
 from .reranker_features import reranker_features
+from .retrieval import RETRIEVALS, KeywordIndex, combine
 from .settings import Settings
 from .tasks import Task
+from .validation import RetrievalCheck, check_retrieval
 
 if TYPE_CHECKING:  # an annotation only
     from .store import HistoryStore
@@ -64,6 +68,8 @@ if TYPE_CHECKING:  # an annotation only
 RerankFn = Callable[[str, np.ndarray, Sequence[Record], np.ndarray, np.ndarray], np.ndarray]
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 RERANKER_RULES = ("graded", "binary")
+RETRIEVAL_CHECK_RECORDS = 30
+"""The user's newest records on which the retrievals are compared (no LLM call is made)."""
 
 
 @dataclass
@@ -196,6 +202,10 @@ class Labeler:
             quiet; never where there is no stderr, as in pythonw or a windowed app).
         questions: Labelling queries besides the user's records, used first.
         concurrency: Requests in flight at once (default: the client's ``max_concurrency``).
+        retrieval: What feeds the labelling queries' top ``k``: ``"auto"`` (default) chooses
+            from the user's history as :func:`~hydrahead.runtime.validation.check_retrieval`
+            decides (no LLM call; the choice is :attr:`retrieval`), or one of
+            :data:`~hydrahead.runtime.retrieval.RETRIEVALS`.
     """
 
     def __init__(
@@ -212,7 +222,11 @@ class Labeler:
         progress: bool = False,
         questions: Sequence[Question] = (),
         concurrency: int | None = None,
+        retrieval: str = "auto",
     ) -> None:
+        if retrieval != "auto" and retrieval not in RETRIEVALS:
+            raise InvalidInputError(
+                f"retrieval must be 'auto' or one of {RETRIEVALS}, got {retrieval!r}")
         if reranker_rule not in RERANKER_RULES:
             raise InvalidInputError(
                 f"reranker_rule must be one of {RERANKER_RULES}, got {reranker_rule!r}")
@@ -236,6 +250,8 @@ class Labeler:
             concurrency = llm.config.max_concurrency if llm is not None else 1
         self.concurrency = check_int(concurrency, "concurrency", 1)
         self._load_history()
+        self.retrieval = (check_retrieval(self.retrieval_quality()) if retrieval == "auto"
+                          else RetrievalCheck(retrieval))
         asked = self._questions(questions)
         self._reranker_queries = (asked + self._latest(n_reranker))[:n_reranker]
         self._adapter_queries = (asked + self._latest(n_adapter))[:n_adapter]
@@ -261,6 +277,49 @@ class Labeler:
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
         self._unit = self.vectors / np.where(norms == 0, 1.0, norms)
         self.answers = [self.task.answer_of(r) for r in self.records]
+        self._keywords = KeywordIndex([self.task.example_text(r) for r in self.records])
+
+    def _retrieve(self, method: str, text: str, unit: np.ndarray, seen: np.ndarray,
+                  by_cosine: bool = True) -> tuple[list[int], np.ndarray]:
+        """The top ``k`` of the records ``seen`` (a boolean mask) for a query, as ``method``
+        retrieves them (:func:`~hydrahead.runtime.retrieval.combine`), and their cosines:
+        most similar first, as ``ask()`` hands them to the reranker, or in the retrieval's
+        own order (``by_cosine=False``)."""
+        cosines = np.where(seen, self._unit @ unit, -np.inf)
+        k = min(self.settings.k, int(seen.sum()))
+        dense = [int(j) for j in np.argsort(-cosines, kind="stable")[:k]]
+        keyword = self._keywords.top(text, k, seen) if method != "dense" else []
+        hits = combine(method, dense, keyword, k)
+        if by_cosine:
+            hits = sorted(hits, key=lambda j: -cosines[j])
+        return hits, cosines[hits]
+
+    def retrieval_quality(self, newest: int = RETRIEVAL_CHECK_RECORDS
+                          ) -> dict[str, list[float]]:
+        """Per retrieval, for each of the ``newest`` records that have an answer and an older
+        record: how well the answers of the ``m`` older records it puts first match that
+        record's answer (the task's metric, averaged over the ``m``). No LLM call: the user's
+        own answers judge which retrieval finds the records that speak to a query."""
+        out: dict[str, list[float]] = {name: [] for name in RETRIEVALS}
+        checked = 0
+        for i in range(len(self.records) - 1, 0, -1):
+            if checked >= newest:
+                break
+            gold = self.answers[i]
+            if gold is None:
+                continue
+            checked += 1
+            seen = np.arange(len(self.records)) < i
+            seen &= np.array([a is not None for a in self.answers])
+            if not seen.any():
+                continue
+            text = self.task.query_of(self.records[i])
+            for name in RETRIEVALS:
+                hits, _ = self._retrieve(name, text, self._unit[i], seen, by_cosine=False)
+                top = hits[: self.settings.m]
+                out[name].append(float(np.mean(output_scores(
+                    self.task, [str(self.answers[j]) for j in top], str(gold)))))
+        return out
 
     def _latest(self, n: int) -> list[_Query]:
         """The ``n`` most recent records that have an answer and at least one older record."""
@@ -273,11 +332,11 @@ class Labeler:
             if self.answers[i] is None:
                 continue
             record = self.records[i]
-            scores = self._unit[:i] @ self._unit[i]
-            top = np.argsort(-scores, kind="stable")[: self.settings.k]
-            queries.append(_Query(
-                record.id, self.task.query_of(record), str(self.answers[i]), self.vectors[i],
-                [int(j) for j in top], scores[top], Counter(before)))
+            text = self.task.query_of(record)
+            hits, scores = self._retrieve(self.retrieval.method, text, self._unit[i],
+                                          np.arange(len(self.records)) < i)
+            queries.append(_Query(record.id, text, str(self.answers[i]), self.vectors[i],
+                                  hits, scores, Counter(before)))
         return queries
 
     def _questions(self, questions: Sequence[Question]) -> list[_Query]:
@@ -290,11 +349,10 @@ class Labeler:
                 continue
             vector = np.asarray(question.vector, dtype=np.float32)
             unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
-            scores = np.where(seen, self._unit @ unit, -np.inf)
-            top = np.argsort(-scores, kind="stable")[: min(self.settings.k, int(seen.sum()))]
+            hits, scores = self._retrieve(self.retrieval.method, question.text, unit, seen)
             counts = answer_counts(self.task, [a for a, s in zip(self.answers, seen) if s])
-            out.append(_Query(None, question.text, question.gold, vector,
-                              [int(j) for j in top], scores[top], counts))
+            out.append(_Query(None, question.text, question.gold, vector, hits, scores,
+                              counts))
         return out
 
     # ------------------------------------------------------------------ requests

@@ -70,7 +70,7 @@ class UserHeads(Mapping[str, Head]):
         stale: Roles whose base changed with no stored labels to refit from (they answer with
             the base head until :meth:`fit`).
         choices: What the last fit decided on held-out recent records: which roles' own heads
-            answer, and whether prompts carry records
+            answer, whether prompts carry records, and which retrieval feeds the reranker
             (:class:`~hydrahead.runtime.validation.Choices`).
     """
 
@@ -125,6 +125,14 @@ class UserHeads(Mapping[str, Head]):
         if "reranker" in self._fitted and self.choices.prompt.records == 0:
             return 0
         return m
+
+    def retrieval(self) -> str:
+        """What feeds the user's reranker: ``dense``, or ``bm25`` / ``fused`` where the last
+        fit found that it serves this user's records better
+        (:func:`~hydrahead.runtime.validation.check_retrieval`). Like the records in the
+        prompt, the choice belongs to the reranker role: ``using()`` without it retrieves
+        densely."""
+        return self.choices.retrieval.method if "reranker" in self._fitted else "dense"
 
     def __iter__(self) -> Iterator[str]:
         return iter(ROLES)
@@ -239,7 +247,7 @@ class UserHeads(Mapping[str, Head]):
             Each role's fit report, and what the labelling produced and cost.
         """
         feedback = self.stored_feedback()
-        self.choices = Choices()
+        self.choices = Choices(retrieval=labeler.retrieval)
         reports: dict[str, FitReport | None] = {}
         reranker = labeler.reranker_labels()
         pairs = _with(reranker, feedback.get("reranker"))

@@ -22,6 +22,8 @@ from hydrahead.runtime.pairs import PairSet
 from hydrahead.runtime.personalizer import Personalizer
 from hydrahead.runtime.tasks.base import EXAMPLES_HEADER
 from hydrahead.runtime.validation import (
+    MAX_SIGN_P,
+    MIN_NET_WINS,
     MIN_VALIDATION_GROUPS,
     Choices,
     PromptCheck,
@@ -32,6 +34,7 @@ from hydrahead.runtime.validation import (
     holdout,
     order_metric,
     pick_metric,
+    sign_test,
 )
 
 
@@ -76,18 +79,47 @@ def _head(bias: float) -> Head:
 
 
 def test_check_role_uses_a_head_only_where_it_wins() -> None:
-    hidden = [np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], np.float32)] * 4
-    right_first = [np.array([1.0, 0.0, 0.0])] * 4
+    # The base head scores every item the same and picks the first; the good head picks the
+    # last (largest first feature), the bad one the first.
+    hidden = [np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]], np.float32)] * 4
+    right_last = [np.array([0.0, 0.0, 1.0])] * 4
     good, bad, base = _head(2.0), _head(-2.0), _head(0.0)
-    assert check_role(base, good, hidden, right_first, listwise=True).used
-    assert not check_role(base, bad, hidden, right_first, listwise=True).used
-    assert not check_role(base, base, hidden, right_first, listwise=True).used  # a tie
-    assert check_role(base, good, hidden, right_first, listwise=False).used
+    assert check_role(base, good, hidden, right_last, listwise=True).used
+    assert not check_role(base, bad, hidden, right_last, listwise=True).used  # a tie with base
+    assert not check_role(base, base, hidden, right_last, listwise=True).used  # a tie
+    assert check_role(base, good, hidden, right_last, listwise=False).used
+    assert not check_role(base, bad, hidden, right_last, listwise=False).used
     assert not check_role(base, good, [], [], listwise=True).used  # nothing to check on
+    # Group by group: the good head must win MIN_NET_WINS more groups than it loses, and a
+    # sign test must find that unlikely by chance.
+    right_first = [np.array([1.0, 0.0, 0.0])]  # the base's pick is right, the good head's not
+    for wins, losses, used in ((1, 0, False), (2, 0, False), (3, 1, False), (4, 0, True),
+                               (5, 1, False), (6, 1, True), (1, 1, False)):
+        verdict = check_role(base, good, hidden[:1] * (wins + losses),
+                             right_last[:1] * wins + right_first * losses, listwise=True)
+        assert (verdict.wins, verdict.losses, verdict.used) == (wins, losses, used)
+        assert used == (wins - losses >= MIN_NET_WINS and sign_test(wins, losses) <= MAX_SIGN_P)
+    # Where both pick the same, the group's loss decides it: the bad head is surer of the
+    # wrong pick than the base, and loses every group.
+    assert check_role(base, bad, hidden, right_last, listwise=True).losses == 4
+    assert check_role(base, good, hidden, [np.array([0.0, 1.0, 1.0])] * 4,
+                      listwise=True).wins == 4  # both right: the good head is surer
+
+
+def test_sign_test() -> None:
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(4, 0) == 1 / 16
+    assert sign_test(5, 1) == pytest.approx(7 / 64)
+    assert sign_test(0, 3) == 1.0
 
 
 def test_check_answers_and_prompt() -> None:
+    # End to end, on the LLM's own answers: more queries answered better than worse.
     assert check_answers([0.5, 0.5], [0.6, 0.5]).used
+    assert check_answers([0.5] * 5, [0.6, 0.6, 0.7, 0.4, 0.5]).used  # 3 won, 1 lost
+    assert not check_answers([0.5] * 4, [0.9, 0.9, 0.4, 0.4]).used  # a higher mean, 2-2
+    assert not check_answers([0.5] * 3, [0.6, 0.4, 0.5]).used
+    assert check_answers([0.5, 0.5], [0.6, 0.7]).wins == 2
     assert not check_answers([0.5, 0.5], [0.5, 0.5]).used
     assert not check_answers([], []).used
     assert check_prompt([(0.9, 0.2)] * 2).records is None  # too little evidence
@@ -213,7 +245,9 @@ def test_fit_says_which_heads_it_fitted_refitted_reverted_or_kept(tmp_path: Path
     with OfflineLLMServer(simulator=stubborn) as server, Personalizer.open(
             "u", bundle=Bundle.open(bundle_dir), task="GIT_area", root=tmp_path,
             llm=LLMConfig.from_env(base_url=server.url)) as p:
-        import_records(p.store, p.task, persona_user(1, questions=6, drift=0.6)["history"])
+        # persona 5: a user whose adapter passes its check (most of this world's users' do not
+        # pass it by MIN_NET_WINS groups at budget 120; this test is about what fit() reports)
+        import_records(p.store, p.task, persona_user(5, questions=6, drift=0.6)["history"])
         seen, own = [], set()
         for budget in (120, 120, 0, 0):  # a fit, a refit, then twice nothing to learn
             summary = p.fit(budget=budget)

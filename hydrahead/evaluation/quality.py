@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import re
 import tempfile
 import time
 from collections import defaultdict
@@ -52,6 +51,7 @@ from hydrahead.runtime.llm.client import LLMClient
 from hydrahead.runtime.llm.config import LLMConfig
 from hydrahead.runtime.llm.outbox import Outbox
 from hydrahead.runtime.personalizer import ROLES, Personalizer
+from hydrahead.runtime.retrieval import RETRIEVALS, words
 from hydrahead.runtime.settings import Settings
 from hydrahead.runtime.tasks import Task, get_task
 from hydrahead.runtime.tasks.lamp import LampQuestion
@@ -117,6 +117,7 @@ class FitStats:
     state_bytes: int  # bytes of everything learned for the user (the head files)
     used: dict[str, bool] = field(default_factory=dict)  # fitted heads that passed the check
     no_records: bool = False  # the check found this user's records hurt: prompts carry none
+    retrieval: str = "dense"  # what feeds the user's reranker after the fit
 
 
 @dataclass
@@ -181,6 +182,8 @@ class Results:
                     "heads_used": {r: sum(f.used.get(r, f.fitted[r]) for f in fits)
                                    for r in ROLES},
                     "prompts_without_records": sum(f.no_records for f in fits),
+                    "retrievals": {name: sum(f.retrieval == name for f in fits)
+                                   for name in RETRIEVALS},
                     "state_bytes_max": max(f.state_bytes for f in fits),
                 }
         if self.oracle:
@@ -325,11 +328,11 @@ class _Baselines:
     """The prompt-based systems of one user."""
 
     def __init__(self, p: Personalizer, s: Settings, client: LLMClient) -> None:
-        from rank_bm25 import BM25Okapi  # the [bench] extra
+        from rank_bm25 import BM25Okapi
 
         self.p, self.s, self.client = p, s, client
         self.records = p.store.list()
-        self.bm25 = BM25Okapi([_words(p.task.example_text(r)) for r in self.records])
+        self.bm25 = BM25Okapi([words(p.task.example_text(r)) for r in self.records])
 
     def answer(self, name: str, query: str, gold: str) -> Outcome:
         p, s = self.p, self.s
@@ -341,7 +344,7 @@ class _Baselines:
             pick = rng.choice(len(self.records), min(s.m, len(self.records)), replace=False)
             examples = [self.records[i] for i in sorted(pick)]
         elif name == "bm25":
-            scores = self.bm25.get_scores(_words(query))
+            scores = self.bm25.get_scores(words(query))
             examples = [self.records[i] for i in np.argsort(-scores, kind="stable")[: s.m]]
         else:
             examples = [h.record for h in p.store.search(query, k=s.m)]
@@ -373,7 +376,7 @@ def _fit(p: Personalizer, budget: int, rule: str) -> FitStats:
                     {r: summary.reports[r] is not None for r in ROLES}, p.heads.file_bytes(),
                     {r: summary.reports[r] is not None and summary.choices.used(r)
                      for r in ROLES},
-                    summary.choices.prompt.records == 0)
+                    summary.choices.prompt.records == 0, summary.choices.retrieval.method)
 
 
 def bases_description(bundle: Bundle) -> str:
@@ -416,13 +419,6 @@ def primary_metric(task: Task) -> str:
 def _rate(fits: Sequence[FitStats], role: str) -> float:
     pairs = sum(getattr(f, f"{role}_pairs") for f in fits)
     return sum(getattr(f, f"{role}_positive") for f in fits) / pairs if pairs else float("nan")
-
-
-_WORD = re.compile(r"\w+")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def write_json(path: Path, task: Task, results: Results) -> None:

@@ -118,7 +118,9 @@ def markdown(task: Task, results: Results, *, command: str, version: str) -> str
                 f"held-out check: reranker {f.get('heads_used', f['heads_fitted'])['reranker']}, "
                 f"adapter {f.get('heads_used', f['heads_fitted'])['adapter']}; prompts without "
                 f"records (they hurt with this LLM): {f.get('prompts_without_records', 0)}/"
-                f"{f['users']}; everything learned for a user "
+                f"{f['users']}; retrieval feeding the reranker: " + ", ".join(
+                    f"{name} {count}" for name, count in f.get("retrievals", {}).items())
+                + f"; everything learned for a user "
                 f"(both head files) at most {f['state_bytes_max']:,} bytes.")
     if "oracle_fitted" in s:
         lines.append(f"- Headroom: a perfect pick among `fitted`'s candidates would score "
