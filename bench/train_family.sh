@@ -21,7 +21,8 @@
 # Environment (every one optional):
 #   MEMBERS    members, comma- or space-separated (default: every member of
 #              hydrahead.offline.family.MEMBERS)
-#   TASKS      tasks (default "GIT_area GIT_subject")
+#   TASKS      tasks (default "GIT_area GIT_subject"); an entry NAME=DIR:TASK labels TASK (a name
+#              or a spec file) from the LaMP directory DIR instead of DATA, as NAME
 #   USERS      label only the first N training users of each task (default: all)
 #   SHARDS     label each (member, task) in this many shards at once (`train labels --shard
 #              i/n`), merged with `train merge` (default 1)
@@ -60,15 +61,23 @@ if [ -n "${USERS:-}" ]; then USERS_OPT=(--users "$USERS"); fi
 mkdir -p "$WORK" "$OUT"
 echo "members: ${MEMBER_LIST[*]}; tasks: ${TASK_LIST[*]}; users: ${USERS:-all}; shards: $SHARDS" >&2
 
+# A TASKS entry: TASK (from DATA) or NAME=DIR:TASK
+name_of() { echo "${1%%=*}"; }
+data_of() { case $1 in *=*) local rest=${1#*=}; echo "${rest%%:*}" ;; *) echo "$DATA" ;; esac; }
+task_of() { case $1 in *=*) local rest=${1#*=}; echo "${rest#*:}" ;; *) echo "$1" ;; esac; }
+
 # 1. labels: one dataset per (member, task), in SHARDS shards merged into one
-labels() {  # labels MEMBER TASK -> $WORK/labels/MEMBER/TASK.npz
-    local member=$1 task=$2 dir="$WORK/labels/$1" shard pids=() parts=()
+labels() {  # labels MEMBER TASK -> $WORK/labels/MEMBER/NAME.npz
+    local member=$1 task dir="$WORK/labels/$1" shard pids=() parts=() data
+    task=$(name_of "$2")
+    data=$(data_of "$2")
     local out="$dir/$task.npz"
     if [ -f "$out" ]; then return; fi
     mkdir -p "$dir"
     for ((shard = 0; shard < SHARDS; shard++)); do
         parts+=("$dir/$task.shard-$shard-of-$SHARDS.npz")
-        hydrahead train labels --data "$DATA" --task "$task" --split train "${USERS_OPT[@]}" \
+        hydrahead train labels --data "$data" --task "$(task_of "$2")" --split train \
+            "${USERS_OPT[@]}" \
             --shard "$shard/$SHARDS" --offline "$member" --llm-name "offline simulator $member" \
             --budget "$BUDGET" --workers "$WORKERS" --out "${parts[-1]}" \
             --work "$WORK/work/$member/$task/shard-$shard-of-$SHARDS" >/dev/null &
@@ -102,7 +111,9 @@ for protocol in $PROTOCOLS; do
     matched)
         for member in "${MEMBER_LIST[@]}"; do
             inputs=()
-            for task in "${TASK_LIST[@]}"; do inputs+=("$WORK/labels/$member/$task.npz"); done
+            for task in "${TASK_LIST[@]}"; do
+                inputs+=("$WORK/labels/$member/$(name_of "$task").npz")
+            done
             build matched "$member" "${inputs[@]}"
         done ;;
     transfer)
@@ -114,7 +125,9 @@ for protocol in $PROTOCOLS; do
             inputs=()
             for other in "${MEMBER_LIST[@]}"; do
                 [ "$other" = "$member" ] && continue
-                for task in "${TASK_LIST[@]}"; do inputs+=("$WORK/labels/$other/$task.npz"); done
+                for task in "${TASK_LIST[@]}"; do
+                    inputs+=("$WORK/labels/$other/$(name_of "$task").npz")
+                done
             done
             build transfer "$member" "${inputs[@]}"
         done ;;
@@ -128,15 +141,17 @@ for protocol in $PROTOCOLS; do
             for member in "${MEMBER_LIST[@]}"; do
                 for other in "${TASK_LIST[@]}"; do
                     [ "$other" = "$task" ] && continue
-                    inputs+=("$WORK/labels/$member/$other.npz")
+                    inputs+=("$WORK/labels/$member/$(name_of "$other").npz")
                 done
             done
-            build loto "$task" "${inputs[@]}"
+            build loto "$(name_of "$task")" "${inputs[@]}"
         done ;;
     shipped)
         inputs=()
         for member in "${MEMBER_LIST[@]}"; do
-            for task in "${TASK_LIST[@]}"; do inputs+=("$WORK/labels/$member/$task.npz"); done
+            for task in "${TASK_LIST[@]}"; do
+                inputs+=("$WORK/labels/$member/$(name_of "$task").npz")
+            done
         done
         build shipped all "${inputs[@]}" ;;
     *) echo "unknown protocol $protocol (matched, transfer, loto, shipped)" >&2; exit 2 ;;

@@ -132,10 +132,22 @@ def bench_quality(obj: Context, data: str, task_name: str, split: str, users: in
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--train-users", default=12, show_default=True, type=click.IntRange(min=0))
 @click.option("--dev-users", default=12, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
-def bench_world(out: str, train_users: int, dev_users: int, seed: int) -> None:
+@click.option("--seed", default=None, type=int,
+              help="Makes the users (default: 0; 1 with --spec-task).")
+@click.option("--spec-task", is_flag=True,
+              help="Write the world as a task given by a spec file (OUT/task.json), under "
+                   "another label set.")
+def bench_world(out: str, train_users: int, dev_users: int, seed: int | None,
+                spec_task: bool) -> None:
     """Write the synthetic persona world (LaMP format, task GIT_area) to a directory."""
-    from hydrahead.evaluation.persona_world import write_world
+    from hydrahead.evaluation.persona_world import write_spec_world, write_world
 
-    path = write_world(out, train_users=train_users, dev_users=dev_users, seed=seed)
+    if spec_task:
+        path = write_spec_world(out, train_users=train_users, dev_users=dev_users,
+                                seed=1 if seed is None else seed)
+        click.echo(f"wrote the persona world as a spec-file task to {path} (use --data {path} "
+                   f"--task {path / 'task.json'})")
+        return
+    path = write_world(out, train_users=train_users, dev_users=dev_users,
+                       seed=0 if seed is None else seed)
     click.echo(f"wrote the persona world to {path} (use --data {path} --task GIT_area)")

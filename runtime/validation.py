@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,7 +279,8 @@ def check_role(base: Head, fitted: Head, hidden: Sequence[np.ndarray],
     if not targets:
         return RoleCheck(False, "too few recent labels to check the fitted head against the base")
     measure = pick_metric if listwise else order_metric
-    signs, values = [], {"base": [], "fitted": []}  # type: ignore[var-annotated]
+    signs: list[int] = []
+    values: dict[str, list[float]] = {"base": [], "fitted": []}
     for H, t in zip(hidden, targets):
         b = measure([base.scores(H)], [t])
         f = measure([fitted.scores(H)], [t])
@@ -341,7 +342,7 @@ def check_prompt(evidence: Sequence[tuple[float, float]]) -> PromptCheck:
                        round(without, 6), round(with_records, 6))
 
 
-def check_retrieval(evidence: dict[str, Sequence[float]]) -> RetrievalCheck:
+def check_retrieval(evidence: Mapping[str, Sequence[float]]) -> RetrievalCheck:
     """Feed the reranker with BM25 or the fused lists instead of dense retrieval only where,
     record by record, it served the user's newest records better as a fitted head must beat
     the base (:data:`MIN_NET_WINS`, :data:`MAX_SIGN_P`); of two that do, the better on average.

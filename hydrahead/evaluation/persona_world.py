@@ -12,7 +12,9 @@ ones to trust.
 
 ``write_world(directory)`` writes ``GIT_area/{train,dev}_questions.json`` and ``_outputs.json``
 (LaMP's layout; profiles carry ``id``, ``text``, ``tag``, ``date``); ``make_user(seed)`` gives
-one user as a dict. Everything is a deterministic function of the seeds.
+one user as a dict. ``write_spec_world(directory)`` writes the same kind of users as a task
+given only by a spec file, under another label set (``task.json`` beside the LaMP files).
+Everything is a deterministic function of the seeds.
 """
 
 from __future__ import annotations
@@ -125,6 +127,57 @@ def write_world(directory: str | Path, *, train_users: int = 12, dev_users: int 
                 golds.append({"id": q["id"], "output": q["gold"]})
         _write(folder / f"{split}_questions.json", questions)
         _write(folder / f"{split}_outputs.json", {"task": TASK, "golds": golds})
+    return root
+
+
+SPEC_LABELS: dict[str, str] = {
+    "tests": "qa", "doc": "manual", "gitk": "viewer", "completion": "shell", "config": "settings",
+    "Makefile": "build", "i18n": "l10n", "git-gui": "gui",
+}
+"""The spec-file variant's label for each of the world's tags: the same users' habits under
+another project's label set."""
+SPEC_MARKER = "change:"
+
+
+def spec_task() -> dict[str, Any]:
+    """The task spec (README, "Your own task") of the world's spec-file variant."""
+    return {
+        "name": "persona-changes", "kind": "classification",
+        "description": "The persona world's commits under another project's label set",
+        "instruction": "Which component label does the maintainer put on this change? Answer "
+                       "with the label only.",
+        "labels": sorted(set(SPEC_LABELS.values())), "text_fields": ["text"],
+        "example_template": "{text}", "answer_field": "label", "query_marker": SPEC_MARKER,
+    }
+
+
+def write_spec_world(directory: str | Path, *, train_users: int = 12, dev_users: int = 12,
+                     seed: int = 1) -> Path:
+    """Write the world as a task given only by a spec file: ``directory/task.json`` (labels
+    renamed by :data:`SPEC_LABELS`, answers in the field ``label``) and the LaMP files of its
+    train and dev users in ``directory`` itself (other users than :func:`write_world`'s with
+    the default seeds).
+
+    Returns:
+        The directory (pass it as ``--data``, and ``directory/task.json`` as ``--task``).
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    spec = spec_task()
+    _write(root / "task.json", spec)
+    splits = {"train": range(train_users), "dev": range(train_users, train_users + dev_users)}
+    for split, users in splits.items():
+        questions, golds = [], []
+        for index in users:
+            user = make_user(seed * 100_003 + index)
+            profile = [{"id": r["id"], "text": r["text"], "label": SPEC_LABELS[r["tag"]],
+                        "date": r["date"]} for r in user["history"]]
+            for q in user["questions"]:
+                questions.append({"id": q["id"], "user_id": user["user_id"], "profile": profile,
+                                  "input": f"{spec['instruction']} {SPEC_MARKER} {q['text']}"})
+                golds.append({"id": q["id"], "output": SPEC_LABELS[q["gold"]]})
+        _write(root / f"{split}_questions.json", questions)
+        _write(root / f"{split}_outputs.json", {"task": spec["name"], "golds": golds})
     return root
 
 
