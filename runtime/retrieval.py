@@ -38,7 +38,10 @@ def words(text: str) -> list[str]:
 
 
 class KeywordIndex:
-    """BM25 over a fixed list of texts (rank-bm25's ``BM25Okapi``).
+    """BM25 over a fixed list of texts: rank-bm25's ``BM25Okapi`` (its idf, k1, b and document
+    lengths), scored from postings built once, so that a query costs numpy work over the
+    documents that share its words, not a Python loop over every document per word (what
+    ``BM25Okapi.get_scores`` does: ~50 ms a query at 5k records; bench/test_retrieval_bench.py).
 
     Args:
         texts: The documents, in the order :meth:`top` answers with positions into.
@@ -48,30 +51,46 @@ class KeywordIndex:
         from rank_bm25 import BM25Okapi
 
         self.size = len(texts)
+        self._postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if not texts:
+            return
         # rank-bm25 divides by the mean document length: an all-empty corpus needs one token
-        self._bm25 = BM25Okapi([words(t) or ["\x00"] for t in texts]) if texts else None
+        bm25 = BM25Okapi([words(t) or ["\x00"] for t in texts])
+        lengths = np.asarray(bm25.doc_len, dtype=np.float64)
+        norm = bm25.k1 * (1.0 - bm25.b + bm25.b * lengths / bm25.avgdl)
+        ids: dict[str, list[int]] = {}
+        counts: dict[str, list[int]] = {}
+        for i, freqs in enumerate(bm25.doc_freqs):
+            for word, count in freqs.items():
+                ids.setdefault(word, []).append(i)
+                counts.setdefault(word, []).append(count)
+        for word, docs in ids.items():
+            at = np.asarray(docs, dtype=np.int64)
+            tf = np.asarray(counts[word], dtype=np.float64)
+            weight = float(bm25.idf.get(word) or 0.0) * tf * (bm25.k1 + 1) / (tf + norm[at])
+            self._postings[word] = (at, weight)
 
     def scores(self, query: str) -> np.ndarray:
-        """The BM25 score of every document for ``query`` (0 where no word is shared)."""
-        if self._bm25 is None:
-            return np.zeros(0)
-        terms = words(query)
-        if not terms:
-            return np.zeros(self.size)
-        return np.asarray(self._bm25.get_scores(terms), dtype=np.float64)
+        """The BM25 score of every document for ``query`` (0 where no word is shared); equal to
+        ``BM25Okapi.get_scores``."""
+        out = np.zeros(self.size)
+        for word in words(query):  # a repeated word counts again, as in rank-bm25
+            if word in self._postings:
+                at, weight = self._postings[word]
+                out[at] += weight
+        return out
 
     def top(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[int]:
         """Positions of the (at most) ``k`` best documents that share a word with ``query``,
         best first (ties in position order); ``allowed`` (a boolean mask) limits them."""
-        s = self.scores(query)
-        shared = s > 0
-        # BM25's idf can be 0 or negative for a word in most documents: they still share it
-        terms = set(words(query))
-        if self._bm25 is not None and terms:
-            shared |= np.array([bool(terms & doc.keys()) for doc in self._bm25.doc_freqs])
+        shared = np.zeros(self.size, dtype=bool)
+        for word in set(words(query)):  # idf can be 0 for a word most documents hold
+            if word in self._postings:
+                shared[self._postings[word][0]] = True
         if allowed is not None:
             shared &= allowed
         candidates = np.flatnonzero(shared)
+        s = self.scores(query)
         order = candidates[np.argsort(-s[candidates], kind="stable")]
         return [int(i) for i in order[:k]]
 

@@ -48,6 +48,13 @@ def test_words_and_keyword_index() -> None:
     assert index.top("dog", 5, np.array([True, False, True, True])) == [2]
     assert index.top("zebra", 5) == [] and index.top("!!", 5) == []
     assert KeywordIndex([]).top("dog", 3) == []
+    # The same scores as rank-bm25's own get_scores (the postings only make them fast)
+    from rank_bm25 import BM25Okapi
+
+    texts = [item["text"] for item in _user(True, n=200)] + ["", "for for ZQ7000"]
+    index, reference = KeywordIndex(texts), BM25Okapi([words(t) or ["\x00"] for t in texts])
+    for query in ("tubame rikoha, for ZQ7000.", "for for", "nothing shared", texts[5]):
+        assert np.allclose(index.scores(query), reference.get_scores(words(query)))
 
 
 def test_combine() -> None:
