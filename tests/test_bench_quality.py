@@ -75,6 +75,10 @@ def test_fitted_beats_every_prompt_baseline(run: dict) -> None:
 def test_the_reports_say_what_made_them(run: dict) -> None:
     assert "OFFLINE SIMULATED LLM" in run["md"] and "Reproduce: `hydrahead" in run["md"]
     assert "| **fitted**" in run["md"]
+    retrievals = run["json"]["summary"]["fit_graded"]["retrievals"]  # how often each is chosen
+    assert set(retrievals) == {"dense", "bm25", "fused"}
+    assert sum(retrievals.values()) == N_USERS
+    assert "retrieval feeding the reranker: dense " in run["md"]
     assert run["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "kept" in run["report"] and run["md"] in run["report"]  # other sections stay
 
