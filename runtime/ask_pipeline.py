@@ -117,7 +117,8 @@ class AskPipeline:
         self.store, self.encoder, self.task, self.settings = store, encoder, task, settings
         self.heads, self.candidates = heads, candidates
         self._answer_counts: tuple[int, Counter[str]] | None = None  # (store generation, counts)
-        self._keywords: tuple[int, list[str], KeywordIndex] | None = None  # (generation, ids, BM25)
+        # (store generation, ids, id -> position, BM25), for users who retrieve by BM25 too
+        self._keywords: tuple[int, list[str], dict[str, int], KeywordIndex] | None = None
 
     # ------------------------------------------------------------------ the two heads' scores
     def rerank_scores(self, query: str, query_vec: np.ndarray, records: Sequence[Record],
@@ -172,11 +173,9 @@ class AskPipeline:
         method = self.heads.retrieval()
         if method == "dense":
             return dense
-        ids, index = self._keyword_index()
-        position = {record_id: i for i, record_id in enumerate(ids)}
-        chosen = combine(method, [position[h.record.id] for h in dense if h.record.id in position],
-                         index.top(query, k), k)
+        ids, position, index = self._keyword_index()
         have = {position[h.record.id]: h for h in dense if h.record.id in position}
+        chosen = combine(method, list(have), index.top(query, k), k)
         extra = [ids[i] for i in chosen if i not in have]
         if extra:
             vectors = self.store.vectors(extra).astype(np.float64)
@@ -189,14 +188,16 @@ class AskPipeline:
         hits = [have[i] for i in chosen if i in have]
         return sorted(hits, key=lambda h: -h.score)
 
-    def _keyword_index(self) -> tuple[list[str], KeywordIndex]:
-        """BM25 over the user's records as prompts show them, rebuilt after any change."""
+    def _keyword_index(self) -> tuple[list[str], dict[str, int], KeywordIndex]:
+        """BM25 over the user's records as prompts show them, with the records' ids and each
+        id's position in it; rebuilt after any change to the history."""
         generation = self.store.generation
         if self._keywords is None or self._keywords[0] != generation:
             records = list(self.store.iter())
+            ids = [r.id for r in records]
             index = KeywordIndex([self.task.example_text(r) for r in records])
-            self._keywords = (generation, [r.id for r in records], index)
-        return self._keywords[1], self._keywords[2]
+            self._keywords = (generation, ids, {rid: i for i, rid in enumerate(ids)}, index)
+        return self._keywords[1:]
 
     def _rerank(self, query: str, qvec: np.ndarray, hits: Sequence[Hit],
                 head: Head | None = None) -> list[RankedItem]:

@@ -32,6 +32,7 @@ the top ``m`` reranked records (adapter); nothing else leaves the device.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import zlib
@@ -277,7 +278,11 @@ class Labeler:
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
         self._unit = self.vectors / np.where(norms == 0, 1.0, norms)
         self.answers = [self.task.answer_of(r) for r in self.records]
-        self._keywords = KeywordIndex([self.task.example_text(r) for r in self.records])
+
+    @functools.cached_property
+    def _keywords(self) -> KeywordIndex:
+        """BM25 over the records (built on first use: a dense-only labelling needs none)."""
+        return KeywordIndex([self.task.example_text(r) for r in self.records])
 
     def _retrieve(self, method: str, text: str, unit: np.ndarray, seen: np.ndarray,
                   by_cosine: bool = True) -> tuple[list[int], np.ndarray]:
@@ -301,6 +306,7 @@ class Labeler:
         record's answer (the task's metric, averaged over the ``m``). No LLM call: the user's
         own answers judge which retrieval finds the records that speak to a query."""
         out: dict[str, list[float]] = {name: [] for name in RETRIEVALS}
+        answered = np.array([a is not None for a in self.answers], dtype=bool)
         checked = 0
         for i in range(len(self.records) - 1, 0, -1):
             if checked >= newest:
@@ -309,8 +315,7 @@ class Labeler:
             if gold is None:
                 continue
             checked += 1
-            seen = np.arange(len(self.records)) < i
-            seen &= np.array([a is not None for a in self.answers])
+            seen = answered & (np.arange(len(self.records)) < i)
             if not seen.any():
                 continue
             text = self.task.query_of(self.records[i])

@@ -21,11 +21,11 @@ way ``ask()`` will meet it, forward in time:
   one is the adapter labels' own request, so a cache hit), and the LLM's answers are scored
   against the gold (:meth:`~hydrahead.runtime.labeling.Labeler.compare_rerankers`), query by
   query: it must answer more of them better than worse (it is the LLM's own answers to the
-  very prompts, on the 3-5 queries the budget leaves). A refit from stored labels, which sends nothing, checks it on
-  its held-out labels instead: how often it orders two judged records as their targets do. A
-  tie, or too few groups to tell, keeps the base head: fitting never makes a role worse on
-  the records it was checked on. Where the check passes, the head the user gets is fitted
-  again on every group, the held-out newest ones included (they are
+  very prompts, on the 3-5 queries the budget leaves). A refit from stored labels, which sends
+  nothing, checks it on its held-out labels instead: how often it orders two judged records as
+  their targets do. A tie, or too few groups to tell, keeps the base head: fitting never makes
+  a role worse on the records it was checked on. Where the check passes, the head the user
+  gets is fitted again on every group, the held-out newest ones included (they are
   the ones most like the queries to come).
 * **Records in the prompt.** The labelling already asks the LLM each of the newest queries
   with no record (the graded reranker labels' baseline) and with the reranked ``m`` records
@@ -57,8 +57,8 @@ import numpy as np
 from .errors import HeadError
 from .heads import Head
 from .pairs import PairSet
-from .retrieval import RETRIEVALS
 from .paths import atomic_write_bytes
+from .retrieval import RETRIEVALS
 
 VALIDATION_SHARE = 0.3
 """Share of a role's label groups (the most recent records) held out to check its head."""
